@@ -1,0 +1,138 @@
+#include "channel/channel.hpp"
+
+#include "channel/context.hpp"
+#include "core/config.hpp"
+#include "core/log.hpp"
+
+namespace lf {
+
+Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const ChannelOptions &opts) {
+  if (peer < 0 || peer >= ctx.size())
+    return LF_FAIL(LF_ERR_INVALID_ARG, "peer rank %d is not in a world of %d", peer, ctx.size());
+  auto sel = select_transport(ctx, peer, opts);
+  if (!sel) return std::unexpected(sel.error());
+  LF_LOG(info, "channel %d->%d: %s", ctx.rank(), peer, sel->reason.c_str());
+  auto ep = sel->transport->connect(ctx, peer, deadline_in(config::get_seconds("LF_CONNECT_TIMEOUT")));
+  if (!ep) {
+    Error e = ep.error();
+    e.message = std::string("connecting to rank ") + std::to_string(peer) + " over " + sel->transport->name() +
+                ": " + e.message;
+    return std::unexpected(e);
+  }
+  std::shared_ptr<Channel> ch(new Channel(ctx, peer));
+  ch->transport_name_ = sel->transport->name();
+  ch->reason_ = std::move(sel->reason);
+  ch->endpoint_ = std::move(*ep);
+  ch->spin_count_ = config::get_int("LF_SPIN_COUNT");
+  ctx.add_channel(ch.get());
+  return ch;
+}
+
+Channel::~Channel() { close(); }
+
+std::unique_lock<std::mutex> Channel::maybe_lock() noexcept {
+  // Without a progress thread one thread drives a channel at a time, so the
+  // fast path skips the mutex.
+  return ctx_.threaded() ? std::unique_lock(mu_) : std::unique_lock<std::mutex>();
+}
+
+void Channel::post_send(SendOp &op) noexcept {
+  auto lock = maybe_lock();
+  if (broken_) return fail_op(op, *broken_);
+  if (!endpoint_) return fail_op(op, make_error(LF_ERR_CLOSED, "channel is closed"));
+  endpoint_->send(op);
+}
+
+void Channel::post_recv(RecvOp &op) noexcept {
+  auto lock = maybe_lock();
+  // A message already waiting goes first: the earliest match in arrival order.
+  for (auto it = unexpected_.begin(); it != unexpected_.end(); ++it) {
+    if (op.tag == LF_ANY_TAG || (*it)->tag() == op.tag) {
+      std::unique_ptr<Incoming> msg = std::move(*it);
+      unexpected_.erase(it);
+      msg->deliver(op);
+      return;
+    }
+  }
+  if (broken_) return fail_op(op, *broken_);
+  if (!endpoint_) return fail_op(op, make_error(LF_ERR_CLOSED, "channel is closed"));
+  try {
+    posted_.push_back(&op);
+  } catch (const std::bad_alloc &) {
+    return fail_op(op, make_error(LF_ERR_NO_MEMORY, "no memory to post a receive"));
+  }
+  // The message may already sit in the transport: look now, so a receive
+  // posted after its message completes without another call.
+  progress_locked();
+}
+
+RecvOp *Channel::take_posted(uint64_t tag) noexcept {
+  for (auto it = posted_.begin(); it != posted_.end(); ++it) {
+    if ((*it)->tag == LF_ANY_TAG || (*it)->tag == tag) {
+      RecvOp *op = *it;
+      posted_.erase(it);
+      return op;
+    }
+  }
+  return nullptr;
+}
+
+void Channel::add_unexpected(std::unique_ptr<Incoming> msg) noexcept {
+  try {
+    unexpected_.push_back(std::move(msg));
+  } catch (const std::bad_alloc &) {
+    // Losing a message silently is not an option: break the channel.
+    fail_all(make_error(LF_ERR_NO_MEMORY, "no memory to queue an unexpected message; channel broken"));
+  }
+}
+
+void Channel::progress() noexcept {
+  auto lock = maybe_lock();
+  progress_locked();
+}
+
+void Channel::progress_locked() noexcept {
+  if (!endpoint_ || broken_) return;
+  if (auto st = endpoint_->progress(*this); !st) {
+    LF_LOG(warn, "channel to rank %d (%s) broke: %s", peer_, transport_name_.c_str(), st.error().message.c_str());
+    fail_all(st.error());
+  }
+}
+
+void Channel::fail_all(const Error &e) noexcept {
+  if (!broken_) broken_ = e;
+  while (!posted_.empty()) {
+    fail_op(*posted_.front(), e);
+    posted_.pop_front();
+  }
+}
+
+void Channel::wait(const lf_status_t &status) noexcept {
+  // Volatile read: another thread (the progress thread) may complete it.
+  auto done = [&] { return __atomic_load_n(&status, __ATOMIC_ACQUIRE) != LF_IN_PROGRESS; };
+  for (int64_t i = 0; !done(); ++i) {
+    progress();
+    if (done()) break;
+    // Other channels may need this rank's progress to finish what the peer
+    // is waiting for (rendezvous, bounce buffers): sweep them now and then.
+    if ((i & 15) == 15) ctx_.progress_all(this);
+    if (i >= spin_count_) {
+      auto lock = maybe_lock();
+      if (!endpoint_) break;
+      Endpoint *ep = endpoint_.get();
+      lock = {};
+      ep->wait_for_activity(1);
+    }
+  }
+}
+
+void Channel::close() noexcept {
+  ctx_.remove_channel(this);
+  auto lock = maybe_lock();
+  Error closed = make_error(LF_ERR_CLOSED, "channel was closed");
+  fail_all(closed);
+  unexpected_.clear();
+  endpoint_.reset();  // fails the ops the endpoint still held
+}
+
+}  // namespace lf

@@ -1,0 +1,70 @@
+#include "core/bootstrap_mpi.hpp"
+
+#include "core/log.hpp"
+
+namespace lf {
+
+Error mpi_error(int rc, const char *call) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
+  return make_error(LF_ERR_IO, "%s failed: %.*s", call, len, text);
+}
+
+Result<std::unique_ptr<MpiBootstrap>> MpiBootstrap::create() {
+  std::unique_ptr<MpiBootstrap> b(new MpiBootstrap());
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (finalized) return LF_FAIL(LF_ERR_UNAVAILABLE, "MPI was already finalized by the application");
+  if (!initialized) {
+    // lavaflow may drive MPI from a progress thread, so ask for MULTIPLE and
+    // remember what we got; the MPI transport serialises calls below it.
+    int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &b->thread_level_);
+    if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Init_thread"));
+    b->owns_mpi_ = true;
+  } else {
+    MPI_Query_thread(&b->thread_level_);
+  }
+  int rc = MPI_Comm_dup(MPI_COMM_WORLD, &b->comm_);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Comm_dup"));
+  // Errors must come back as codes, never abort the job.
+  MPI_Comm_set_errhandler(b->comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(b->comm_, &b->rank_);
+  MPI_Comm_size(b->comm_, &b->size_);
+  LF_LOG(debug, "MPI bootstrap: rank %d of %d, thread level %d, %s MPI", b->rank_, b->size_, b->thread_level_,
+         b->owns_mpi_ ? "owns" : "shares");
+  return b;
+}
+
+MpiBootstrap::~MpiBootstrap() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (owns_mpi_) MPI_Finalize();
+}
+
+Result<std::vector<std::string>> MpiBootstrap::allgather(const std::string &mine) {
+  int len = static_cast<int>(mine.size());
+  std::vector<int> lens(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+  int rc = MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm_);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Allgather"));
+  int total = 0;
+  for (int r = 0; r < size_; ++r) displs[static_cast<size_t>(r)] = total, total += lens[static_cast<size_t>(r)];
+  std::string all(static_cast<size_t>(total), '\0');
+  rc = MPI_Allgatherv(mine.data(), len, MPI_BYTE, all.data(), lens.data(), displs.data(), MPI_BYTE, comm_);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Allgatherv"));
+  std::vector<std::string> out;
+  for (int r = 0; r < size_; ++r)
+    out.emplace_back(all.data() + displs[static_cast<size_t>(r)], static_cast<size_t>(lens[static_cast<size_t>(r)]));
+  return out;
+}
+
+Status MpiBootstrap::barrier() {
+  int rc = MPI_Barrier(comm_);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Barrier"));
+  return {};
+}
+
+}  // namespace lf

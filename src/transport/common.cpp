@@ -1,0 +1,92 @@
+// Pieces every transport shares: placing eager data into a receive, failing
+// operations, and unexpected messages held as host copies.
+#include <sched.h>
+
+#include <cstring>
+
+#include "memory/allocator.hpp"
+#include "transport/transport.hpp"
+
+namespace lf {
+
+void Endpoint::wait_for_activity(int timeout_ms) noexcept {
+  (void)timeout_ms;
+  sched_yield();
+}
+
+void fail_op(SendOp &op, const Error &e) noexcept {
+  if (op.status != LF_IN_PROGRESS) return;
+  try {
+    op.error = e.message;
+  } catch (...) {
+  }
+  op.buffer.reset();
+  op.status = e.code;
+}
+
+void fail_op(RecvOp &op, const Error &e) noexcept {
+  if (op.status != LF_IN_PROGRESS) return;
+  try {
+    op.error = e.message;
+  } catch (...) {
+  }
+  op.status = e.code;
+}
+
+void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept {
+  op.matched_tag = tag;
+  op.message_bytes = n;
+  if (op.want_buffer) {
+    auto buf = allocate_host_buffer(n);
+    if (!buf) return fail_op(op, buf.error());
+    if (n) std::memcpy((*buf)->data(), src, n);
+    op.buffer = std::move(*buf);
+    op.bytes = n;
+    op.status = LF_OK;
+    return;
+  }
+  size_t len = n <= op.capacity ? n : op.capacity;
+  if (len) std::memcpy(op.data, src, len);
+  op.bytes = len;
+  if (n > op.capacity) {
+    try {
+      op.error = "message of " + std::to_string(n) + " bytes truncated to the receive capacity of " +
+                 std::to_string(op.capacity);
+    } catch (...) {
+    }
+    op.status = LF_ERR_TRUNCATED;
+    return;
+  }
+  op.status = LF_OK;
+}
+
+EagerIncoming::EagerIncoming(uint64_t tag, const void *data, size_t n)
+    : Incoming(tag, n), copy_(new char[n ? n : 1]) {
+  if (n) std::memcpy(copy_.get(), data, n);
+}
+
+EagerIncoming::EagerIncoming(uint64_t tag, BufferPtr whole) : Incoming(tag, whole->size()), whole_(std::move(whole)) {}
+
+void EagerIncoming::deliver(RecvOp &op) noexcept {
+  if (whole_) {
+    if (op.want_buffer) {
+      // A buffer handed over whole (self transport): give it to the receiver as is.
+      op.matched_tag = tag();
+      op.message_bytes = op.bytes = whole_->size();
+      op.buffer = std::move(whole_);
+      op.status = LF_OK;
+      return;
+    }
+    if (!whole_->data()) {
+      fail_op(op, make_error(LF_ERR_UNSUPPORTED, "a %s buffer cannot be received into host memory by this transport",
+                             memory_kind_name(whole_->kind())));
+      return;
+    }
+    complete_copy(op, tag(), whole_->data(), whole_->size());
+    whole_.reset();
+    return;
+  }
+  complete_copy(op, tag(), copy_.get(), size());
+}
+
+}  // namespace lf

@@ -1,0 +1,174 @@
+// The transport interface.
+//
+// A Transport is one way of moving bytes between two ranks (self, shm, tcp,
+// mpi, vulkan-ipc, cuda-ipc, ...). It is created once per context, says what
+// it can do (TransportCaps), publishes an address for peers at startup, and
+// connects an Endpoint to one peer when a channel opens.
+//
+// Tag matching is NOT the transport's business: the channel owns the posted-
+// receive and unexpected-message queues (both FIFO, which gives MPI's
+// non-overtaking rule). A transport only has to report arrived messages to
+// the Matcher in the order they were sent, and move data when asked.
+//
+// Rules every Endpoint follows:
+//  1. send(op): start sending; the op stays valid and owned by the caller
+//     until the transport sets op.status to something other than
+//     LF_IN_PROGRESS. Completion may happen inside send() or in progress().
+//  2. progress(m): for each newly arrived message, in order, call
+//     m.take_posted(tag); if it returns a RecvOp, place the data into it
+//     (complete_copy() handles copy/truncation/buffer receives); otherwise
+//     hand an Incoming to m.add_unexpected(). Also complete in-flight sends
+//     and receives.
+//  3. When the connection breaks (peer died, protocol error), fail every op
+//     the endpoint holds with the error and return it from progress(); the
+//     channel then fails its posted receives and refuses new operations.
+//  4. The destructor completes every op still held with LF_ERR_CLOSED and
+//     must not block for long (the peer may be gone).
+//  5. Nothing on the data path throws; allocate on the slow path only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/net.hpp"
+#include "core/status.hpp"
+#include "transport/world.hpp"
+#include "memory/buffer.hpp"
+
+namespace lf {
+
+class World;
+
+/// A send in flight. Owned by the request that started it.
+struct SendOp {
+  uint64_t tag = 0;
+  const void *data = nullptr;
+  size_t size = 0;
+  /// For lf_isend_buffer: the buffer handed over (data/size point into it).
+  /// A zero-copy transport keeps it until the peer releases it; others
+  /// release it when the copy is done.
+  BufferPtr buffer;
+  lf_status_t status = LF_IN_PROGRESS;  ///< Set by the transport.
+  std::string error;                    ///< Detail when status < 0.
+};
+
+/// A receive in flight. Owned by the request that started it.
+struct RecvOp {
+  uint64_t tag = 0;  ///< Tag to match, or LF_ANY_TAG.
+  void *data = nullptr;
+  size_t capacity = 0;
+  bool want_buffer = false;  ///< lf_irecv_buffer: deliver into `buffer` instead.
+  BufferPtr buffer;          ///< Result of a buffer receive.
+  lf_status_t status = LF_IN_PROGRESS;
+  std::string error;
+  size_t bytes = 0;          ///< Bytes placed into data/buffer.
+  size_t message_bytes = 0;  ///< Size of the message as sent.
+  uint64_t matched_tag = 0;  ///< Tag of the message received.
+};
+
+/// Place an eagerly available message into `op`: copies min(n, capacity)
+/// bytes (LF_ERR_TRUNCATED if n > capacity) or, for a buffer receive,
+/// allocates a host buffer of n bytes and copies into it. Completes the op.
+void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept;
+
+/// Complete `op` with an error (status < 0) and its detail.
+void fail_op(SendOp &op, const Error &e) noexcept;
+void fail_op(RecvOp &op, const Error &e) noexcept;
+
+/// A message that arrived before a matching receive was posted.
+class Incoming {
+ public:
+  Incoming(uint64_t tag, size_t size) noexcept : tag_(tag), size_(size) {}
+  virtual ~Incoming() = default;  ///< Discarding it releases what it holds.
+  uint64_t tag() const noexcept { return tag_; }
+  size_t size() const noexcept { return size_; }
+  /// Place the message into `op`. Either completes the op now or leaves it
+  /// LF_IN_PROGRESS and completes it from the endpoint's progress().
+  virtual void deliver(RecvOp &op) noexcept = 0;
+
+ private:
+  uint64_t tag_;
+  size_t size_;
+};
+
+/// An Incoming whose payload is already a copy in host memory (or a buffer
+/// that was handed over whole). Transports use it for unexpected eager data.
+class EagerIncoming final : public Incoming {
+ public:
+  EagerIncoming(uint64_t tag, const void *data, size_t n);
+  EagerIncoming(uint64_t tag, BufferPtr whole);
+  void deliver(RecvOp &op) noexcept override;
+
+ private:
+  std::unique_ptr<char[]> copy_;
+  BufferPtr whole_;
+};
+
+/// The channel's matching queues, as seen by a transport.
+class Matcher {
+ public:
+  virtual ~Matcher() = default;
+  /// Remove and return the first posted receive matching `tag`, or nullptr.
+  virtual RecvOp *take_posted(uint64_t tag) noexcept = 0;
+  /// Queue a message for a receive that is posted later.
+  virtual void add_unexpected(std::unique_ptr<Incoming> msg) noexcept = 0;
+};
+
+/// A connection to one peer.
+class Endpoint {
+ public:
+  virtual ~Endpoint() = default;
+  virtual void send(SendOp &op) noexcept = 0;
+  virtual Status progress(Matcher &m) noexcept = 0;
+  /// Block for at most `timeout_ms` until progress() may have work (a futex
+  /// on a doorbell, poll() on a socket). Spurious returns are fine.
+  virtual void wait_for_activity(int timeout_ms) noexcept;
+};
+
+/// What a transport can do. Selection reads only these.
+struct TransportCaps {
+  bool self = false;     ///< Serves a rank talking to itself.
+  bool local = false;    ///< Serves LOCAL scope.
+  bool remote = false;   ///< Serves REMOTE scope.
+  uint32_t memory_kinds = 0;  ///< Bit (1 << MemoryKind) for each kind it moves natively.
+  bool zero_copy = false;     ///< Delivers shared buffers by descriptor.
+  size_t max_message = SIZE_MAX;
+  int priority = 0;           ///< Among transports that fit, the highest wins.
+};
+
+constexpr uint32_t kind_bit(MemoryKind k) noexcept { return 1u << static_cast<int>(k); }
+constexpr uint32_t kHostKinds = kind_bit(MemoryKind::host) | kind_bit(MemoryKind::host_numa) |
+                                kind_bit(MemoryKind::host_hugepage) | kind_bit(MemoryKind::host_pinned) |
+                                kind_bit(MemoryKind::host_shared);
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual const char *name() const noexcept = 0;
+  virtual TransportCaps caps() const noexcept = 0;
+  /// Why the transport cannot run in this process at all (no MPI launcher,
+  /// no Vulkan device, no CUDA driver...), or nullopt. Shown by lf-info.
+  virtual std::optional<std::string> unavailable_reason() const { return std::nullopt; }
+  /// Per-context setup before the address exchange (listening sockets...).
+  /// Returns the address peers need to reach this rank ("" if none).
+  virtual Result<std::string> start(World &world) = 0;
+  /// Why this transport cannot serve `peer` although caps fit (e.g.
+  /// different Vulkan devices), or nullopt. Must give the same answer on
+  /// both sides (use only data both ranks have: locations, addresses).
+  virtual std::optional<std::string> unusable_for(World &world, int peer) const {
+    (void)world, (void)peer;
+    return std::nullopt;
+  }
+  /// Connect to `peer`; both ranks call it. While waiting, serve other
+  /// peers' incoming connection attempts (and keep them for their own
+  /// connect call), so that ranks opening channels in different orders
+  /// never deadlock.
+  virtual Result<std::unique_ptr<Endpoint>> connect(World &world, int peer, Deadline deadline) = 0;
+};
+
+/// Every transport built into this library, highest priority first.
+std::vector<std::unique_ptr<Transport>> make_transports();
+
+}  // namespace lf
