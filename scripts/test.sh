@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds with warnings as errors,
+# and runs every test with ctest; then runs the memory/channel tests again
+# under AddressSanitizer and the threaded ones under ThreadSanitizer.
+#
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh --quick    main build only, no sanitizer builds, no stress label
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+JOBS=$(nproc)
+
+scripts/setup-debian.sh
+
+# Reserve a few 2 MiB hugepages so the hugetlbfs path runs for real (root only;
+# without them those tests skip and say why).
+if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+  have=$(cat /proc/sys/vm/nr_hugepages)
+  if [ "$have" -lt 16 ]; then echo 16 > /proc/sys/vm/nr_hugepages || true; fi
+  echo "test: $(cat /proc/sys/vm/nr_hugepages) hugepages reserved"
+fi
+
+echo "=== build (warnings are errors)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAVAFLOW_WERROR=ON >/dev/null
+cmake --build build -j "$JOBS"
+
+echo "=== tests"
+EXCLUDE=()
+[ $QUICK = 1 ] && EXCLUDE=(-LE stress)
+ctest --test-dir build --output-on-failure -j 2 "${EXCLUDE[@]}"
+
+if [ $QUICK = 1 ]; then exit 0; fi
+
+echo "=== AddressSanitizer build: core, memory and channel tests"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON -DLAVAFLOW_SANITIZE=address \
+  -DLAVAFLOW_BUILD_BENCH=OFF -DLAVAFLOW_BUILD_EXAMPLES=OFF -DLAVAFLOW_WITH_CUDA=OFF >/dev/null
+cmake --build build-asan -j "$JOBS"
+ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j 2 -L 'core|memory|channel' -LE 'stress|mpi'
+
+echo "=== ThreadSanitizer build: tests labelled tsan"
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON -DLAVAFLOW_SANITIZE=thread \
+  -DLAVAFLOW_BUILD_BENCH=OFF -DLAVAFLOW_BUILD_EXAMPLES=OFF -DLAVAFLOW_WITH_CUDA=OFF -DLAVAFLOW_WITH_MPI=OFF >/dev/null
+cmake --build build-tsan -j "$JOBS"
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -j 2 -L tsan
