@@ -58,7 +58,7 @@ void memory_kinds() {
   std::printf("\n# Memory kinds\n");
   for (int k = 0; k < LF_MEM_KIND_COUNT_; ++k) {
     auto kind = static_cast<MemoryKind>(k);
-    auto why = memory_kind_unavailable_reason(kind);
+    auto why = kind_unavailable_reason(kind);
     std::printf("  %-20s %s%s\n", memory_kind_name(kind), why ? "unavailable: " : "available",
                 why ? why->c_str() : "");
   }

@@ -57,7 +57,7 @@ struct SharedRef {
   uint64_t segment_id = 0;  ///< Unique per (process, segment); stable for the segment's life.
   int fd = -1;              ///< memfd of the whole segment (borrowed; owned by the segment).
   size_t segment_size = 0;
-  size_t offset = 0;        ///< Of the buffer within the segment.
+  size_t offset = 0;  ///< Of the buffer within the segment.
   size_t length = 0;
 };
 
@@ -73,7 +73,7 @@ struct ExportHandle {
   std::string cuda_ipc_handle;     ///< cudaIpcMemHandle_t bytes for legacy CUDA IPC.
   uint8_t driver_uuid[16] = {};    ///< Vulkan driver identity (OPAQUE_FD import requires a match).
   bool dedicated = false;          ///< Vulkan: allocated as a dedicated allocation (import must be too).
-  uint64_t segment_id = 0;         ///< host_shared: SharedRef::segment_id of the memfd.
+  uint64_t segment_id = 0;         ///< host_shared: SharedRef::segment_id of the memfd; device kinds: unique id of the exported allocation.
 };
 
 class Pool;
@@ -102,7 +102,9 @@ class Buffer {
 
   /// Shrink the reported size (pools hand out a class-sized block but report
   /// what was asked). Never grows.
-  void set_size(size_t s) noexcept { if (s <= size_) size_ = s; }
+  void set_size(size_t s) noexcept {
+    if (s <= size_) size_ = s;
+  }
 
   /// Size of the pages backing data(): 4 KiB, 2 MiB or 1 GiB (hugetlbfs); 0 for device-only memory.
   size_t page_size() const noexcept { return page_size_; }
@@ -145,9 +147,7 @@ class SharedSegment {
   /// True when the segment was received from a peer (map) rather than created here.
   bool imported() const noexcept { return imported_; }
   /// Describe [offset, offset + length) of this segment; no system call.
-  SharedRef ref(size_t offset, size_t length) const noexcept {
-    return SharedRef{id_, fd_, size_, offset, length};
-  }
+  SharedRef ref(size_t offset, size_t length) const noexcept { return SharedRef{id_, fd_, size_, offset, length}; }
 
  private:
   SharedSegment() = default;

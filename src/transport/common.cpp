@@ -37,8 +37,10 @@ void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept
   op.matched_tag = tag;
   op.message_bytes = n;
   if (op.want_buffer) {
-    auto buf = allocate_host_buffer(n);
+    // Zero-byte messages still yield a buffer (allocate() refuses size 0).
+    auto buf = allocate(n ? n : 1, MemoryKind::host);
     if (!buf) return fail_op(op, buf.error());
+    (*buf)->set_size(n);
     if (n) std::memcpy((*buf)->data(), src, n);
     op.buffer = std::move(*buf);
     op.bytes = n;

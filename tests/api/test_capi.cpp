@@ -18,7 +18,9 @@ class CApi : public ::testing::Test {
     ASSERT_EQ(lf_init(&ctx), LF_OK) << lf_last_error();
   }
   void TearDown() override {
-    if (ctx) EXPECT_EQ(lf_finalize(ctx), LF_OK) << lf_last_error();
+    if (ctx) {
+      EXPECT_EQ(lf_finalize(ctx), LF_OK) << lf_last_error();
+    }
   }
   lf_channel_t open_self() {
     lf_channel_t ch = nullptr;
