@@ -47,6 +47,7 @@ class Channel final : public Matcher {
 
   RecvOp *take_posted(uint64_t tag) noexcept override;
   void add_unexpected(std::unique_ptr<Incoming> msg) noexcept override;
+  bool has_posted() const noexcept override { return !posted_.empty(); }
 
  private:
   Channel(Context &ctx, int peer) : owner_(ctx.shared_from_this()), ctx_(ctx), peer_(peer) {}

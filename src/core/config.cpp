@@ -53,6 +53,9 @@ constexpr Tunable kTunables[] = {
      "shm: messages of at least this size are read by the receiver with process_vm_readv (single copy); 0 = never"},
     {"LF_SHM_UNEXPECTED_MAX", "64M", T::bytes,
      "shm: bytes of unexpected messages copied out of a channel's ring; beyond it the ring stops draining (backpressure)"},
+    {"LF_SHM_HOLD_US", "50", T::integer,
+     "shm: microseconds a message stays in the ring when no receive at all is posted, before it is copied out as "
+     "unexpected (a receive posted meanwhile takes it with one copy); 0 = copy out at once"},
     {"LF_SHM_SPIN", "1000", T::integer, "shm: polls of the ring in a wait before sleeping on the futex doorbell"},
     {"LF_SHM_HUP_CHECK", "1024", T::integer, "shm: progress calls between checks of the peer's socket for a hang-up"},
     // tcp transport

@@ -276,7 +276,7 @@ Status send_fd(int sock, int fd, const void *payload, size_t len) {
   return {};
 }
 
-Result<Fd> recv_fd(int sock, void *payload, size_t len, Deadline deadline) {
+Result<Fd> recv_fd(int sock, void *payload, size_t len, Deadline deadline, bool require_fd) {
   if (auto st = wait_fd(sock, POLLIN, deadline, "receive a file descriptor"); !st) return std::unexpected(st.error());
   iovec iov{payload, len};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
@@ -299,7 +299,7 @@ Result<Fd> recv_fd(int sock, void *payload, size_t len, Deadline deadline) {
       received.reset(fd);
     }
   if (static_cast<size_t>(n) != len) return LF_FAIL(LF_ERR_PROTOCOL, "fd message of %zd bytes, expected %zu", n, len);
-  if (!received) return LF_FAIL(LF_ERR_PROTOCOL, "message carried no file descriptor");
+  if (!received && require_fd) return LF_FAIL(LF_ERR_PROTOCOL, "message carried no file descriptor");
   return received;
 }
 

@@ -77,8 +77,10 @@ Result<std::string> recv_msg(int fd, Deadline deadline, size_t max_len = 64u << 
 
 /// Pass an fd with SCM_RIGHTS along with `len` bytes of payload (len >= 1).
 Status send_fd(int sock, int fd, const void *payload, size_t len);
-/// Receive an fd sent by send_fd; payload must be the same length.
-Result<Fd> recv_fd(int sock, void *payload, size_t len, Deadline deadline);
+/// Receive an fd sent by send_fd; payload must be the same length. With
+/// require_fd = false a message that carried no fd (sent with send_all)
+/// is accepted too and yields an empty Fd.
+Result<Fd> recv_fd(int sock, void *payload, size_t len, Deadline deadline, bool require_fd = true);
 
 /// Credentials of the process at the other end of a Unix socket.
 struct PeerCred {

@@ -55,7 +55,7 @@ void sysfs_numa(Topology &t) {
   closedir(d);
 }
 
-const char *vendor_name(unsigned id) {
+[[maybe_unused]] const char *vendor_name(unsigned id) {
   switch (id) {
     case 0x10de: return "NVIDIA";
     case 0x1002: return "AMD";

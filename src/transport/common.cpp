@@ -21,7 +21,7 @@ void fail_op(SendOp &op, const Error &e) noexcept {
   } catch (...) {
   }
   op.buffer.reset();
-  op.status = e.code;
+  complete_status(op.status, e.code);
 }
 
 void fail_op(RecvOp &op, const Error &e) noexcept {
@@ -30,7 +30,7 @@ void fail_op(RecvOp &op, const Error &e) noexcept {
     op.error = e.message;
   } catch (...) {
   }
-  op.status = e.code;
+  complete_status(op.status, e.code);
 }
 
 void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept {
@@ -44,7 +44,7 @@ void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept
     if (n) std::memcpy((*buf)->data(), src, n);
     op.buffer = std::move(*buf);
     op.bytes = n;
-    op.status = LF_OK;
+    complete_status(op.status, LF_OK);
     return;
   }
   size_t len = n <= op.capacity ? n : op.capacity;
@@ -56,10 +56,10 @@ void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept
                  std::to_string(op.capacity);
     } catch (...) {
     }
-    op.status = LF_ERR_TRUNCATED;
+    complete_status(op.status, LF_ERR_TRUNCATED);
     return;
   }
-  op.status = LF_OK;
+  complete_status(op.status, LF_OK);
 }
 
 EagerIncoming::EagerIncoming(uint64_t tag, const void *data, size_t n)
@@ -76,7 +76,7 @@ void EagerIncoming::deliver(RecvOp &op) noexcept {
       op.matched_tag = tag();
       op.message_bytes = op.bytes = whole_->size();
       op.buffer = std::move(whole_);
-      op.status = LF_OK;
+      complete_status(op.status, LF_OK);
       return;
     }
     if (!whole_->data()) {

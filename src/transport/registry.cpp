@@ -8,10 +8,20 @@
 namespace lf {
 
 std::unique_ptr<Transport> make_self_transport();
+std::unique_ptr<Transport> make_shm_transport();
+std::unique_ptr<Transport> make_tcp_transport();
+#if LAVAFLOW_HAVE_MPI
+std::unique_ptr<Transport> make_mpi_transport();
+#endif
 
 std::vector<std::unique_ptr<Transport>> make_transports() {
   std::vector<std::unique_ptr<Transport>> t;
   t.push_back(make_self_transport());
+  t.push_back(make_shm_transport());
+  t.push_back(make_tcp_transport());
+#if LAVAFLOW_HAVE_MPI
+  t.push_back(make_mpi_transport());
+#endif
   std::stable_sort(t.begin(), t.end(), [](const auto &a, const auto &b) { return a->caps().priority > b->caps().priority; });
   return t;
 }

@@ -68,6 +68,13 @@ struct RecvOp {
   uint64_t matched_tag = 0;  ///< Tag of the message received.
 };
 
+/// Set an op's final status, after every other field of the op: a waiter
+/// on another thread (the application while a progress thread completes its
+/// ops) reads the status with acquire (Channel::wait) and then the rest.
+inline void complete_status(lf_status_t &status, lf_status_t value) noexcept {
+  __atomic_store_n(&status, value, __ATOMIC_RELEASE);
+}
+
 /// Place an eagerly available message into `op`: copies min(n, capacity)
 /// bytes (LF_ERR_TRUNCATED if n > capacity) or, for a buffer receive,
 /// allocates a host buffer of n bytes and copies into it. Completes the op.
@@ -114,6 +121,11 @@ class Matcher {
   virtual RecvOp *take_posted(uint64_t tag) noexcept = 0;
   /// Queue a message for a receive that is posted later.
   virtual void add_unexpected(std::unique_ptr<Incoming> msg) noexcept = 0;
+  /// Whether any receive is posted. A transport may leave a message that
+  /// matches nothing where it is (in its ring) for a while when nothing is
+  /// posted at all, instead of copying it out as unexpected: no receive can
+  /// be waiting for a message behind it. The default answers "maybe".
+  virtual bool has_posted() const noexcept { return true; }
 };
 
 /// A connection to one peer.

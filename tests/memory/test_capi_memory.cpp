@@ -92,7 +92,8 @@ TEST(CMemory, StrictFailsWithUnavailable) {
   p.numa_node = 999;
   lf_buffer_t b = nullptr;
   EXPECT_EQ(lf_alloc_ex(nullptr, 4096, LF_MEM_HOST_NUMA, &p, &b), LF_ERR_UNAVAILABLE);
-  EXPECT_TRUE(last_error_mentions("999")) << lf_last_error();
+  // Node 999 does not exist, or this build has no libnuma at all: either way say so.
+  EXPECT_TRUE(last_error_mentions("999") || last_error_mentions("without libnuma")) << lf_last_error();
   p = LF_ALLOC_PARAMS_INIT;
   p.strict = 1;
   p.device = 77;

@@ -19,7 +19,7 @@ class SelfEndpoint final : public Endpoint {
         queue_.push_back(std::make_unique<EagerIncoming>(op.tag, std::move(op.buffer)));
       else
         queue_.push_back(std::make_unique<EagerIncoming>(op.tag, op.data, op.size));
-      op.status = LF_OK;
+      complete_status(op.status, LF_OK);
     } catch (const std::bad_alloc &) {
       fail_op(op, make_error(LF_ERR_NO_MEMORY, "self transport: no memory to queue a %zu-byte message", op.size));
     }

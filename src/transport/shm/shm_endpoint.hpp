@@ -1,0 +1,43 @@
+// The shared-memory endpoint: one connection to one peer on this host.
+// shm_transport.cpp sets the connection up; this file moves the messages.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "core/net.hpp"
+#include "memory/buffer.hpp"
+#include "transport/transport.hpp"
+
+namespace lf::shm {
+
+/// LF_SHM_* tunables, read once per connection.
+struct Tunables {
+  uint32_t ring_slots = 1024;
+  uint64_t fifo_bytes = 2u << 20;
+  uint64_t eager_limit = 16u << 10;
+  uint64_t chunk = 128u << 10;
+  uint64_t cma_threshold = 0;  ///< 0: never use CMA
+  uint64_t unexpected_max = 64u << 20;
+  int spin = 1000;
+  int hup_every = 1024;
+  int hold_us = 50;
+  static Tunables from_config();
+};
+
+/// A connection after the handshake.
+struct Connection {
+  Fd sock;                                 ///< Unix socket: fd passing and liveness
+  std::shared_ptr<SharedSegment> segment;  ///< the rings
+  int role = 0;                            ///< 0: connecting rank (writes direction 0), 1: accepting rank
+  int peer_rank = -1;
+  pid_t peer_pid = 0;          ///< from SO_PEERCRED, for process_vm_readv
+  bool peer_reads_me = false;  ///< the peer proved it can process_vm_readv this process
+};
+
+/// Build the endpoint over an established connection.
+Result<std::unique_ptr<Endpoint>> make_endpoint(Connection conn, const Tunables &t);
+
+}  // namespace lf::shm
