@@ -1,0 +1,215 @@
+// The mpi transport's semantics, run by ctest under `mpiexec -n 2`. The two
+// ranks declare different locations (LF_LOCATION_FILE, written here before
+// lf_init) so their scope is remote and the channel rides the mpi transport.
+// Both ranks run every test; rank 0 mostly sends, rank 1 checks.
+#include <gtest/gtest.h>
+#include <lavaflow/lavaflow.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+lf_context_t g_ctx = nullptr;
+int g_rank = -1;
+
+std::vector<char> pattern(size_t n, int seed) {
+  std::vector<char> v(n);
+  uint32_t x = static_cast<uint32_t>(seed) * 2654435761u + 1;
+  for (char &c : v) {
+    x = x * 1103515245u + 12345u;
+    c = static_cast<char>(x >> 16);
+  }
+  return v;
+}
+
+class MpiTransport : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(g_ctx, nullptr);
+    ASSERT_EQ(lf_size(g_ctx), 2);
+    ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &ch), LF_OK) << lf_last_error();
+  }
+  void TearDown() override {
+    // Both ranks leave the test together, so neither closes while the other
+    // still uses the channel.
+    EXPECT_EQ(lf_barrier(g_ctx), LF_OK);
+    if (ch) {
+      EXPECT_EQ(lf_channel_close(ch), LF_OK);
+    }
+  }
+  lf_channel_t ch = nullptr;
+};
+
+TEST_F(MpiTransport, RemoteScopeSelectsMpi) {
+  EXPECT_EQ(lf_scope(g_ctx, 1 - g_rank), LF_SCOPE_REMOTE);
+  EXPECT_STREQ(lf_channel_transport(ch), "mpi");
+  EXPECT_NE(std::string(lf_channel_reason(ch)).find("remote scope"), std::string::npos) << lf_channel_reason(ch);
+}
+
+TEST_F(MpiTransport, SizesAcrossProtocolsArriveIntact) {
+  // Around the eager limit (8 KiB), the chunk size (8 MiB) and beyond.
+  const size_t sizes[] = {0, 1, 8, 8192, 8193, 65536, (8u << 20) - 1, 8u << 20, (8u << 20) + 3, 20u << 20};
+  for (size_t n : sizes) {
+    SCOPED_TRACE(n);
+    auto want = pattern(n, static_cast<int>(n % 1000));
+    if (g_rank == 0) {
+      ASSERT_EQ(lf_send(ch, want.data(), n, 42), LF_OK) << lf_last_error();
+    } else {
+      std::vector<char> got(n + 16, 0);
+      size_t bytes = 0;
+      ASSERT_EQ(lf_recv(ch, got.data(), got.size(), 42, &bytes), LF_OK) << lf_last_error();
+      EXPECT_EQ(bytes, n);
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), n), 0);
+    }
+  }
+}
+
+TEST_F(MpiTransport, TruncationKeepsThePrefixAndTheStreamGoesOn) {
+  for (size_t n : {size_t{1000}, size_t{100000}, size_t{(8u << 20) + 5000}}) {
+    SCOPED_TRACE(n);
+    auto msg = pattern(n, 1), next = pattern(64, 2);
+    if (g_rank == 0) {
+      ASSERT_EQ(lf_send(ch, msg.data(), n, 1), LF_OK);
+      ASSERT_EQ(lf_send(ch, next.data(), next.size(), 1), LF_OK);
+    } else {
+      // Capacity inside a chunk, so both the direct and the bounce path run.
+      std::vector<char> small(n / 3), after(64);
+      lf_request_t r;
+      ASSERT_EQ(lf_irecv(ch, small.data(), small.size(), 1, &r), LF_OK);
+      lf_completion_t c = LF_COMPLETION_INIT;
+      EXPECT_EQ(lf_wait_completion(r, &c), LF_ERR_TRUNCATED);
+      EXPECT_EQ(c.bytes, small.size());
+      EXPECT_EQ(c.message_bytes, n);
+      EXPECT_EQ(std::memcmp(small.data(), msg.data(), small.size()), 0);
+      size_t bytes = 0;
+      ASSERT_EQ(lf_recv(ch, after.data(), after.size(), 1, &bytes), LF_OK) << lf_last_error();
+      EXPECT_EQ(after, next);
+    }
+  }
+}
+
+TEST_F(MpiTransport, BufferReceives) {
+  for (size_t n : {size_t{0}, size_t{77}, size_t{3} << 20}) {
+    SCOPED_TRACE(n);
+    auto msg = pattern(n, 5);
+    if (g_rank == 0) {
+      ASSERT_EQ(lf_send(ch, msg.data(), n, 9), LF_OK);
+    } else {
+      lf_request_t r;
+      ASSERT_EQ(lf_irecv_buffer(ch, 9, &r), LF_OK);
+      lf_buffer_t b = nullptr;
+      lf_completion_t c = LF_COMPLETION_INIT;
+      ASSERT_EQ(lf_wait_buffer(r, &b, &c), LF_OK) << lf_last_error();
+      EXPECT_EQ(lf_buffer_size(b), n);
+      if (n) {
+        EXPECT_EQ(std::memcmp(lf_buffer_data(b), msg.data(), n), 0);
+      }
+      EXPECT_EQ(lf_free(b), LF_OK);
+    }
+  }
+}
+
+TEST_F(MpiTransport, TagsMatchInOrderAndAnyTagTakesTheEarliest) {
+  // Rank 0 sends A(tag 1, large), B(tag 2, small), C(tag 1, small).
+  // Rank 1 first receives tag 2 (B must not wait for the large A), then
+  // tag 1 twice (A before C), nothing overtakes within a tag.
+  auto a = pattern(1 << 20, 11), b = pattern(10, 12), c = pattern(20, 13);
+  if (g_rank == 0) {
+    lf_request_t r[3];
+    ASSERT_EQ(lf_isend(ch, a.data(), a.size(), 1, &r[0]), LF_OK);
+    ASSERT_EQ(lf_isend(ch, b.data(), b.size(), 2, &r[1]), LF_OK);
+    ASSERT_EQ(lf_isend(ch, c.data(), c.size(), 1, &r[2]), LF_OK);
+    for (auto &q : r) ASSERT_EQ(lf_wait(q, nullptr), LF_OK);
+  } else {
+    std::vector<char> gb(10), ga(1 << 20), gc(20);
+    ASSERT_EQ(lf_recv(ch, gb.data(), gb.size(), 2, nullptr), LF_OK);
+    EXPECT_EQ(gb, b);
+    ASSERT_EQ(lf_recv(ch, ga.data(), ga.size(), 1, nullptr), LF_OK);
+    EXPECT_EQ(ga, a);
+    ASSERT_EQ(lf_recv(ch, gc.data(), gc.size(), 1, nullptr), LF_OK);
+    EXPECT_EQ(gc, c);
+  }
+  EXPECT_EQ(lf_barrier(g_ctx), LF_OK);
+  // LF_ANY_TAG: the earliest message, whatever its tag (64-bit tags too).
+  const uint64_t tags[] = {0xffffffff00000001ull, 5, 0x8000000000000000ull};
+  if (g_rank == 0) {
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(lf_send(ch, &i, sizeof i, tags[i]), LF_OK);
+  } else {
+    for (int i = 0; i < 3; ++i) {
+      int v = -1;
+      lf_request_t r;
+      ASSERT_EQ(lf_irecv(ch, &v, sizeof v, LF_ANY_TAG, &r), LF_OK);
+      lf_completion_t comp = LF_COMPLETION_INIT;
+      ASSERT_EQ(lf_wait_completion(r, &comp), LF_OK);
+      EXPECT_EQ(v, i);
+      EXPECT_EQ(comp.tag, tags[i]);
+    }
+  }
+}
+
+TEST_F(MpiTransport, TwoChannelsToOnePeerDoNotMix) {
+  lf_channel_t second = nullptr;
+  ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &second), LF_OK) << lf_last_error();
+  auto x = pattern(100000, 21), y = pattern(100000, 22);
+  if (g_rank == 0) {
+    // Non-blocking: like MPI_Send, a blocking send of a large message may
+    // wait for its receive, which rank 1 posts on the other channel first.
+    lf_request_t r[2];
+    ASSERT_EQ(lf_isend(second, y.data(), y.size(), 3, &r[0]), LF_OK);
+    ASSERT_EQ(lf_isend(ch, x.data(), x.size(), 3, &r[1]), LF_OK);
+    for (auto &q : r) ASSERT_EQ(lf_wait(q, nullptr), LF_OK);
+  } else {
+    std::vector<char> gx(x.size()), gy(y.size());
+    ASSERT_EQ(lf_recv(ch, gx.data(), gx.size(), 3, nullptr), LF_OK);
+    ASSERT_EQ(lf_recv(second, gy.data(), gy.size(), 3, nullptr), LF_OK);
+    EXPECT_EQ(gx, x);
+    EXPECT_EQ(gy, y);
+  }
+  EXPECT_EQ(lf_barrier(g_ctx), LF_OK);
+  EXPECT_EQ(lf_channel_close(second), LF_OK);
+}
+
+TEST_F(MpiTransport, PeerClosingItsEndFailsPendingReceives) {
+  lf_channel_t extra = nullptr;
+  ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();
+  if (g_rank == 0) {
+    ASSERT_EQ(lf_channel_close(extra), LF_OK);
+  } else {
+    char buf[8];
+    EXPECT_EQ(lf_recv(extra, buf, sizeof buf, 1, nullptr), LF_ERR_PEER_GONE);
+    EXPECT_NE(std::string(lf_last_error()).find("closed its end"), std::string::npos) << lf_last_error();
+    EXPECT_EQ(lf_channel_close(extra), LF_OK);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  const char *r = std::getenv("OMPI_COMM_WORLD_RANK");
+  if (!r) {
+    std::fprintf(stderr, "run me under mpiexec -n 2\n");
+    return 2;
+  }
+  // A host of its own for each rank: remote scope, mpi transport.
+  std::string path = "/tmp/lf-test-mpi-" + std::to_string(getppid()) + "-" + r + ".json";
+  if (FILE *f = std::fopen(path.c_str(), "w")) {
+    std::fprintf(f, "{\"hostname\": \"mpi-test-node-%s\", \"boot_id\": \"mpi-test-boot-%s\"}\n", r, r);
+    std::fclose(f);
+  }
+  setenv("LF_LOCATION_FILE", path.c_str(), 1);
+  if (lf_init(&g_ctx) != LF_OK) {
+    std::fprintf(stderr, "lf_init: %s\n", lf_last_error());
+    return 1;
+  }
+  std::remove(path.c_str());
+  g_rank = lf_rank(g_ctx);
+  int rc = RUN_ALL_TESTS();
+  lf_finalize(g_ctx);
+  return rc;
+}
