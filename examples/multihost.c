@@ -25,20 +25,14 @@
  *   scripts/netns-hosts.sh down
  */
 #include <lavaflow/lavaflow.h>
+
+#include "example_util.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    lf_status_t st_ = (call);                                                                 \
-    if (st_ < 0) {                                                                            \
-      fprintf(stderr, "%s failed: %s (%s)\n", #call, lf_status_string(st_), lf_last_error()); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
 
 enum { kBlock = 16 << 20, kRounds = 8 };
 

@@ -8,25 +8,13 @@
  *   LF_RANK=1 LF_SIZE=2 LF_BOOTSTRAP=unix:/tmp/lf-pp.sock ./pingpong
  */
 #include <lavaflow/lavaflow.h>
+
+#include "example_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    lf_status_t st_ = (call);                                                                 \
-    if (st_ < 0) {                                                                            \
-      fprintf(stderr, "%s failed: %s (%s)\n", #call, lf_status_string(st_), lf_last_error()); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
-
-static double now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
