@@ -186,6 +186,34 @@ int main(int argc, char **argv) {
   };
   const double t_c = pingpong(rank, c_send, c_recv);
 
+  // What lf_send/lf_recv would cost without a request handle: the same
+  // handle lookup and keep-alive reference, but the op on the stack (the
+  // blocking calls never expose their request). Not the library's code:
+  // a measurement of the proposed fast path.
+  auto fast_send = [&] {
+    capi::ChannelSlot *cs = capi::channels().get(cch);
+    std::shared_ptr<Channel> keep = cs->ch;
+    SendOp op;
+    op.tag = 1;
+    op.data = buf.data();
+    op.size = n;
+    keep->post_send(op);
+    keep->wait(op.status);
+    if (op.status != LF_OK) std::exit(1);
+  };
+  auto fast_recv = [&] {
+    capi::ChannelSlot *cs = capi::channels().get(cch);
+    std::shared_ptr<Channel> keep = cs->ch;
+    RecvOp op;
+    op.tag = 1;
+    op.data = buf.data();
+    op.capacity = n;
+    keep->post_recv(op);
+    keep->wait(op.status);
+    if (op.status != LF_OK) std::exit(1);
+  };
+  const double t_f = pingpong(rank, fast_send, fast_recv);
+
   if (rank == 0) {
     std::printf("# lf-bench-layers: %zu-byte ping-pong, one-way = RTT/2, median of %d samples x %d round trips\n", n,
                 kSamples, kIters);
@@ -193,6 +221,8 @@ int main(int argc, char **argv) {
     std::printf("channel   %8.1f ns   (%+.1f ns: matching queues, progress and wait loop)\n", t_ch * 1e3,
                 (t_ch - t_ep) * 1e3);
     std::printf("capi      %8.1f ns   (%+.1f ns: lf_send/lf_recv request handling)\n", t_c * 1e3, (t_c - t_ch) * 1e3);
+    std::printf("capi-fast %8.1f ns   (%+.1f ns over channel: blocking calls with the op on the stack, proposed)\n",
+                t_f * 1e3, (t_f - t_ch) * 1e3);
     // What a request costs the C API, without any message (one thread, no contention).
     auto &reqs = capi::requests();
     const double t_handle = ns_per_call([&] {

@@ -59,7 +59,7 @@ Status vulkan_copy(const Buffer &b, size_t offset, void *host, size_t n, bool to
   if (r->host && r->coherent && !o.force_staging) {
     // Earlier GPU work on the buffer must be complete before the host reads
     // it, and before the host overwrites what a shader may still be reading.
-    if (auto st = vk::queue_drain(*r->device); !st) return st;
+    if (auto st = vk::complete_pending(*r->device); !st) return st;
     char *p = static_cast<char *>(r->host) + offset;
     if (to_device)
       std::memcpy(p, host, n);
@@ -111,7 +111,7 @@ Status complete_device_writes(const Buffer &b) noexcept {
 #if LAVAFLOW_HAVE_VULKAN
       auto r = vk::region_of(b);
       if (!r) return std::unexpected(r.error());
-      return vk::queue_drain(*r->device);
+      return vk::complete_pending(*r->device);
 #endif
     }
     if (b.kind() == MemoryKind::cuda_device) {

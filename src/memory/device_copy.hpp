@@ -2,8 +2,8 @@
 // knows how to reach each kind's bytes from the host.
 //
 //   host kinds                  memcpy
-//   Vulkan, host-visible        drain the device's queue (earlier GPU writes
-//                               complete), then memcpy through the mapping
+//   Vulkan, host-visible        earlier GPU writes complete (the queue is
+//                               drained when work may be pending), then memcpy
 //   Vulkan, device-local only   vkCmdCopyBuffer through a staging buffer
 //   CUDA device                 the process's TransferManager for the device
 //                               (pinned direct or double-buffered staging)
@@ -35,8 +35,9 @@ Status buffer_write(const Buffer &dst, size_t offset, const void *src, size_t n,
 Status buffer_read(const Buffer &src, size_t offset, void *dst, size_t n, const CopyOptions &o = {}) noexcept;
 
 /// Make earlier GPU writes to `b` complete before the host or another
-/// process reads it: drains the Vulkan queue / synchronises the CUDA device;
-/// nothing for host kinds.
+/// process reads it: drains the Vulkan queue when work lavaflow did not wait
+/// for may be pending on it (vk::complete_pending) / synchronises the CUDA
+/// device; nothing for host kinds.
 Status complete_device_writes(const Buffer &b) noexcept;
 
 }  // namespace lf

@@ -16,7 +16,7 @@ namespace {
 // ExportHandle::segment_id of device memory: unique per (process, exported
 // allocation) for the process's life, so that a peer's import cache never
 // mistakes a new allocation for a freed one that had the same handle or fd.
-uint64_t next_export_id() noexcept {
+[[maybe_unused]] uint64_t next_export_id() noexcept {
   static std::atomic<uint32_t> counter{0};
   return (static_cast<uint64_t>(static_cast<uint32_t>(getpid())) << 32) |
          (counter.fetch_add(1, std::memory_order_relaxed) + 1);

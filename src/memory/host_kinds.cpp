@@ -59,7 +59,7 @@ void *map_anon(size_t len, int extra_flags) noexcept {
 
 // Fault every page in now. MADV_POPULATE_WRITE (Linux 5.14) reports a failure
 // as an error instead of a SIGBUS/OOM kill later; older kernels get a loop.
-Status populate(void *p, size_t len) noexcept {
+[[maybe_unused]] Status populate(void *p, size_t len) noexcept {
   if (madvise(p, len, MADV_POPULATE_WRITE) == 0) return {};
   if (errno != EINVAL) return std::unexpected(sys_error(errno, "madvise(MADV_POPULATE_WRITE, %zu)", len));
   const size_t page = host_page_size();

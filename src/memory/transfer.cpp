@@ -312,6 +312,8 @@ TransferStats TransferManager::stats() const noexcept {
 #else  // !LAVAFLOW_HAVE_CUDA
 
 Result<std::unique_ptr<TransferManager>> TransferManager::create(const TransferOptions &) noexcept {
+  // The runtime's own words, as in a build with CUDA but no driver.
+  if (const auto &why = Runtime::get().available()) return LF_FAIL(LF_ERR_UNAVAILABLE, "%s", why->c_str());
   return LF_FAIL(LF_ERR_UNAVAILABLE, "lavaflow was built without CUDA (LAVAFLOW_WITH_CUDA)");
 }
 TransferManager::~TransferManager() = default;

@@ -3,6 +3,7 @@
 #if LAVAFLOW_HAVE_VULKAN
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "core/log.hpp"
@@ -140,6 +141,17 @@ Status queue_drain(const Device &d) noexcept {
   auto st = submit_and_wait(d, VK_NULL_HANDLE, fence);
   vkDestroyFence(d.device(), fence, nullptr);
   return st;
+}
+
+namespace {
+std::atomic<bool> g_external_access{false};
+}  // namespace
+
+void note_external_access() noexcept { g_external_access.store(true, std::memory_order_release); }
+
+Status complete_pending(const Device &d) noexcept {
+  if (!g_external_access.load(std::memory_order_acquire)) return {};
+  return queue_drain(d);
 }
 
 Result<std::unique_ptr<Compute>> Compute::create(std::shared_ptr<Device> dev, const Shader &shader) noexcept {

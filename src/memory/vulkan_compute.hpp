@@ -84,6 +84,18 @@ Result<Region> region_of(const Buffer &b) noexcept;
 /// completion the IPC transports use before publishing a descriptor.
 Status queue_drain(const Device &dev) noexcept;
 
+/// Record that a device's queue and memory were handed to code outside
+/// lavaflow (lf_buffer_vulkan_info), which may submit work lavaflow does not
+/// wait for. Process-wide and permanent.
+void note_external_access() noexcept;
+
+/// queue_drain(), but only when work lavaflow did not wait for can be pending:
+/// every submission lavaflow makes itself (Compute::run, staged_copy)
+/// completes before the call returns, so until note_external_access() there
+/// is nothing to wait for and the empty submit (~10 us on lavapipe, a
+/// round trip through the driver's queue thread) is skipped.
+Status complete_pending(const Device &dev) noexcept;
+
 class Compute {
  public:
   /// Pipeline, layouts, descriptor set, command buffer and fence for `shader`.

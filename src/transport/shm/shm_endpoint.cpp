@@ -41,6 +41,8 @@
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "memory/allocator.hpp"
+#include "memory/device_copy.hpp"
+#include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_protocol.hpp"
 
 namespace lf::shm {
@@ -193,10 +195,13 @@ constexpr int64_t kIncomingOverhead = 64;
 /// Producer side of the control ring (acks, releases). Shared with received
 /// zero-copy views, which may be freed on any thread and after the endpoint
 /// is gone, hence the mutex and the `open` flag.
-class ControlTx {
+class ControlTx final : public gpu_ipc::ReleaseSink {
  public:
   ControlTx(Slot *ring, uint32_t count, DirControl *peer_dir)
       : ring_(ring), mask_(count - 1), count_(count), dir_(peer_dir) {}
+
+  /// A received device view was freed (gpu_ipc::View).
+  void release(uint64_t cookie) noexcept override { push(Kind::release, cookie, 0); }
 
   void push(Kind k, uint64_t cookie, int64_t status) noexcept {
     std::lock_guard g(mu_);
@@ -453,7 +458,9 @@ class CmaIncoming final : public Incoming {
 
 class ShmEndpoint final : public Endpoint {
  public:
-  ShmEndpoint(Connection c, const Tunables &t) : conn_(std::move(c)) {
+  ShmEndpoint(Connection c, const Tunables &t, const DeviceIpc &dev) : conn_(std::move(c)) {
+    if (dev.api) device_api_ = static_cast<gpu_ipc::Api>(dev.api);
+    peer_devices_ = dev.peer_identity;
     auto *base = static_cast<char *>(conn_.segment->base());
     const auto *h = reinterpret_cast<const SegmentHeader *>(base);
     compute_layout(h->slot_count, h->ctl_count, h->fifo_bytes, layout_);
@@ -494,6 +501,7 @@ class ShmEndpoint final : public Endpoint {
 
   void send(SendOp &op) noexcept override {
     if (failed_) return fail_op(op, *failed_);
+    if (op.buffer && !is_host_kind(op.buffer->kind()) && !prepare_device_copy(op)) return;
     if (txq_.empty() && start(op)) return wake_peer();
     try {
       txq_.push_back(&op);
@@ -633,6 +641,8 @@ class ShmEndpoint final : public Endpoint {
   /// completed, failed, or waits only for an ack/release).
   bool start(SendOp &op) noexcept {
     const uint64_t n = op.size;
+    if (device_api_ && op.buffer && n > 0)
+      if (const ExportHandle *h = device_export(op)) return send_device(op, *h);
     if (n && !op.data) {
       fail_op(op, make_error(LF_ERR_UNSUPPORTED, "shm moves host memory only; this buffer has no host address"));
       return true;
@@ -773,6 +783,100 @@ class ShmEndpoint final : public Endpoint {
     s.body.words[kOffset] = offset;
     publish(s);
     complete_status(op.status, LF_OK);  // the buffer now belongs to the in-flight table
+    return true;
+  }
+
+  // ---- device memory (GPU IPC variants) -------------------------------------------
+
+  /// The export handle through which `op`'s buffer goes as a device
+  /// descriptor, or nullptr when it must be copied: not this variant's memory,
+  /// not exportable, or on a device the peer did not publish.
+  const ExportHandle *device_export(const SendOp &op) noexcept {
+    if (gpu_ipc::api_of(op.buffer->kind()) != device_api_) return nullptr;
+    const ExportHandle *h = op.buffer->export_handle();
+    if (!h || h->segment_id == 0 || op.size > h->length) return nullptr;
+    const int dev = op.buffer->device();
+    auto it = device_ok_.find(dev);
+    if (it == device_ok_.end()) {
+      try {
+        const bool ok = gpu_ipc::identity_listed(peer_devices_, gpu_ipc::identity_of(*h, dev));
+        if (!ok)
+          LF_LOG(info, "shm: rank %d cannot import memory of %s device %d: staged copies", conn_.peer_rank,
+                 gpu_ipc::api_name(*device_api_), dev);
+        it = device_ok_.emplace(dev, ok).first;
+      } catch (const std::bad_alloc &) {
+        return nullptr;
+      }
+    }
+    return it->second ? h : nullptr;
+  }
+
+  /// Device memory that goes through the host: its GPU writes must be
+  /// complete first, and memory the host cannot map is staged into a host
+  /// copy (which then travels like any host buffer). False when `op` failed.
+  bool prepare_device_copy(SendOp &op) noexcept {
+    if (device_api_ && op.size > 0 && device_export(op)) return true;  // a descriptor, not a copy
+    if (auto st = complete_device_writes(*op.buffer); !st) return fail_op(op, st.error()), false;
+    if (op.data || op.size == 0) return true;
+    auto host = allocate(op.size, MemoryKind::host);
+    if (!host) return fail_op(op, host.error()), false;
+    if (auto st = buffer_read(*op.buffer, 0, (*host)->data(), op.size); !st) return fail_op(op, st.error()), false;
+    op.buffer = std::move(*host);  // the device buffer is released: its bytes are in the copy
+    op.data = op.buffer->data();
+    return true;
+  }
+
+  /// Announcements whose descriptors the peer has not consumed yet. Bounded,
+  /// so that the socket never fills up (a blocked sendmsg could deadlock two
+  /// ranks that both send); beyond it the send waits like one without credit.
+  bool announce_credit() noexcept {
+    const uint64_t consumed = tx_dir_->slots_consumed.load(std::memory_order_acquire);
+    while (!announced_at_.empty() && announced_at_.front() < consumed) announced_at_.pop_front();
+    if (announced_at_.size() < kMaxAnnouncementsInFlight) return true;
+    seen_slots_.store(consumed, std::memory_order_relaxed);
+    return false;
+  }
+
+  bool send_device(SendOp &op, const ExportHandle &h) noexcept {
+    if (!slot_credit()) return false;
+    const uint64_t id = h.segment_id;
+    const bool known = sent_devices_.contains(id);
+    if (!known && !announce_credit()) return false;
+    // Earlier GPU work on the buffer completes (Vulkan) or is ordered (CUDA
+    // event) before the peer can see the descriptor.
+    if (auto st = device_sync_.before_publish(*op.buffer); !st) return fail_op(op, st.error()), true;
+    try {
+      if (known) {
+        sent_devices_.touch(id);
+      } else {
+        // Written before the descriptor is published, so the peer finds it on
+        // the socket when it meets the descriptor. The receiver's cache
+        // evicts exactly when this mirror does (gpu_ipc::IdLru).
+        struct {
+          SegmentAnnounce a;
+          gpu_ipc::Record r;
+        } msg{{gpu_ipc::kDeviceMagic, id, sizeof(gpu_ipc::Record)},
+              gpu_ipc::make_record(h, op.buffer->device(), device_sync_)};
+        Status st = h.fd >= 0 ? send_fd(conn_.sock.get(), h.fd, &msg, sizeof msg)
+                              : send_all(conn_.sock.get(), &msg, sizeof msg, deadline_in(10));
+        if (!st) return fail_op(op, st.error()), true;
+        announced_at_.push_back(tx_head_);
+        sent_devices_.insert(id, 0);
+      }
+    } catch (const std::bad_alloc &) {
+      return fail_op(op, make_error(LF_ERR_NO_MEMORY, "shm: no memory to track a device allocation")), true;
+    }
+    const uint64_t offset = h.offset;
+    const uint64_t cookie = add_inflight(nullptr, op.buffer);
+    if (cookie == UINT64_MAX) return fail_op(op, make_error(LF_ERR_NO_MEMORY, "shm: no memory to track a send")), true;
+    Slot &s = next_tx_slot();
+    write_body_header(s, Kind::zero_copy, op.tag, op.size);
+    s.flags = kFlagDevice;
+    s.body.words[kCookie] = cookie;
+    s.body.words[kSegment] = id;
+    s.body.words[kOffset] = offset;
+    publish(s);
+    complete_status(op.status, LF_OK);  // the buffer belongs to the in-flight table until the release
     return true;
   }
 
@@ -946,6 +1050,7 @@ class ShmEndpoint final : public Endpoint {
         return 1;
       }
       case Kind::zero_copy: {
+        if (d.device) return rx_device(m, d, s);
         std::shared_ptr<SharedSegment> seg = find_segment(d.segment);
         if (!seg) return failed_ ? -1 : protocol_error("descriptor names a segment the peer never sent", s);
         if (const char *err = check_range(seg->size(), d.offset, d.size)) return protocol_error(err, s);
@@ -1065,43 +1170,135 @@ class ShmEndpoint final : public Endpoint {
   /// first time. nullptr when the peer never sent it (or failed_ is set).
   std::shared_ptr<SharedSegment> find_segment(uint64_t id) noexcept {
     if (last_segment_ && last_segment_->id() == id) return last_segment_;
-    if (auto it = segments_.find(id); it != segments_.end()) return last_segment_ = it->second;
-    // Announcements precede their first descriptor, so everything needed is
-    // already queued on the socket: read without waiting.
     for (;;) {
-      SegmentAnnounce a{};
-      auto fd = recv_fd(conn_.sock.get(), &a, sizeof a, Clock::now());
-      if (!fd) {
-        // Nothing queued means the descriptor is bogus (the caller reports
-        // it); a broken socket means the peer is gone.
-        if (fd.error().code != LF_ERR_TIMEOUT) fail_held(fd.error());
-        return nullptr;
-      }
-      if (a.magic != kSegmentMagic || a.segment_id == 0 || a.segment_bytes == 0 || a.segment_bytes > kMaxMessage) {
-        fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d announced a malformed segment", conn_.peer_rank));
-        return nullptr;
-      }
-      // The segment must be sealed against shrinking: a peer that truncated
-      // it later would turn our reads into SIGBUS.
-      int seals = fcntl(fd->get(), F_GET_SEALS);
-      if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
-        fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d sent a segment that is not sealed against shrinking",
-                             conn_.peer_rank));
-        return nullptr;
-      }
-      auto seg = SharedSegment::map(fd->release(), a.segment_bytes, a.segment_id);
-      if (!seg) {
-        fail_held(seg.error());
-        return nullptr;
-      }
-      try {
-        segments_[a.segment_id] = *seg;
-      } catch (const std::bad_alloc &) {
-        fail_held(make_error(LF_ERR_NO_MEMORY, "shm: no memory to cache a segment"));
-        return nullptr;
-      }
-      if (a.segment_id == id) return last_segment_ = *seg;
+      if (auto it = segments_.find(id); it != segments_.end()) return last_segment_ = it->second;
+      if (!read_announcement()) return nullptr;
     }
+  }
+
+  /// The peer's device allocation `id`, imported on its first descriptor.
+  /// nullptr when the peer never announced it (or failed_ is set).
+  std::shared_ptr<gpu_ipc::Imported> find_device(uint64_t id) noexcept {
+    try {
+      if (auto *m = devices_.touch(id)) return *m;
+      for (;;) {
+        if (auto it = pending_devices_.find(id); it != pending_devices_.end()) {
+          gpu_ipc::Record rec = it->second.record;
+          Fd fd = std::move(it->second.fd);
+          pending_devices_.erase(it);
+          auto m = gpu_ipc::import(rec, std::move(fd));
+          if (!m) {
+            Error e = m.error();
+            e.message = "shm: rank " + std::to_string(conn_.peer_rank) + ": " + e.message;
+            fail_held(e);
+            return nullptr;
+          }
+          LF_LOG(debug, "shm: imported rank %d's %s allocation %llx (%llu bytes)", conn_.peer_rank,
+                 memory_kind_name((*m)->kind()), static_cast<unsigned long long>(id),
+                 static_cast<unsigned long long>((*m)->size()));
+          devices_.insert(id, *m);
+          return *m;
+        }
+        if (!read_announcement()) return nullptr;
+      }
+    } catch (const std::bad_alloc &) {
+      fail_held(make_error(LF_ERR_NO_MEMORY, "shm: no memory to import a device allocation"));
+      return nullptr;
+    }
+  }
+
+  /// Read one announcement from the socket: a memfd segment (mapped and
+  /// cached) or a device allocation (kept until its first descriptor).
+  /// Announcements precede their first descriptor, so what a descriptor needs
+  /// is already queued: read without waiting. False when nothing is queued
+  /// (the descriptor is bogus: the caller reports it) or on failure.
+  bool read_announcement() noexcept {
+    SegmentAnnounce a{};
+    auto fd = recv_fd(conn_.sock.get(), &a, sizeof a, Clock::now(), /*require_fd=*/false);
+    if (!fd) {
+      // A broken socket means the peer is gone.
+      if (fd.error().code != LF_ERR_TIMEOUT) fail_held(fd.error());
+      return false;
+    }
+    if (a.magic == gpu_ipc::kDeviceMagic) return read_device_announcement(a, std::move(*fd));
+    if (a.magic != kSegmentMagic || a.segment_id == 0 || a.segment_bytes == 0 || a.segment_bytes > kMaxMessage)
+      return fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d announced a malformed segment", conn_.peer_rank)),
+             false;
+    if (!*fd)
+      return fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d announced a segment without its fd", conn_.peer_rank)),
+             false;
+    // The segment must be sealed against shrinking: a peer that truncated
+    // it later would turn our reads into SIGBUS.
+    int seals = fcntl(fd->get(), F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+      return fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d sent a segment that is not sealed against shrinking",
+                                  conn_.peer_rank)),
+             false;
+    auto seg = SharedSegment::map(fd->release(), a.segment_bytes, a.segment_id);
+    if (!seg) return fail_held(seg.error()), false;
+    try {
+      segments_[a.segment_id] = *seg;
+    } catch (const std::bad_alloc &) {
+      return fail_held(make_error(LF_ERR_NO_MEMORY, "shm: no memory to cache a segment")), false;
+    }
+    return true;
+  }
+
+  bool read_device_announcement(const SegmentAnnounce &a, Fd fd) noexcept {
+    auto bad = [&](const char *what) {
+      fail_held(make_error(LF_ERR_PROTOCOL, "shm: rank %d announced a malformed device allocation: %s", conn_.peer_rank,
+                           what));
+      return false;
+    };
+    if (!device_api_) return bad("this connection does not carry device memory");
+    if (a.segment_id == 0 || a.segment_bytes != sizeof(gpu_ipc::Record)) return bad("bad id or record size");
+    gpu_ipc::Record rec{};
+    // The record is part of the message just read from: already queued.
+    if (auto st = recv_all(conn_.sock.get(), &rec, sizeof rec, deadline_in(1)); !st) {
+      fail_held(st.error().code == LF_ERR_TIMEOUT ? make_error(LF_ERR_PROTOCOL, "shm: truncated device announcement")
+                                                  : st.error());
+      return false;
+    }
+    if (const char *err = gpu_ipc::check_record(rec, *device_api_)) return bad(err);
+    // Nothing travels without a descriptor in the ring behind it; more
+    // pending announcements than ring slots means a peer flooding us.
+    if (pending_devices_.size() >= slot_count_) return bad("more announcements than the ring has slots");
+    if (auto st = recv_sync_.adopt(rec); !st) return fail_held(st.error()), false;
+    try {
+      pending_devices_[a.segment_id] = PendingDevice{rec, std::move(fd)};
+    } catch (const std::bad_alloc &) {
+      fail_held(make_error(LF_ERR_NO_MEMORY, "shm: no memory for a device announcement"));
+      return false;
+    }
+    return true;
+  }
+
+  /// A descriptor of a device allocation: deliver a view of it.
+  int rx_device(Matcher &m, const Decoded &d, const SlotImage &s) noexcept {
+    if (!device_api_) return protocol_error("device descriptor on a connection without GPU IPC", s);
+    if (d.size == 0) return protocol_error("empty device descriptor", s);
+    std::shared_ptr<gpu_ipc::Imported> mem = find_device(d.segment);
+    if (!mem) return failed_ ? -1 : protocol_error("descriptor names a device allocation the peer never announced", s);
+    if (const char *err = check_range(mem->size(), d.offset, d.size)) return protocol_error(err, s);
+    if (auto st = recv_sync_.before_deliver(*mem); !st) return fail_held(st.error()), -1;
+    BufferPtr view;
+    try {
+      view = std::make_unique<gpu_ipc::View>(std::move(mem), d.offset, d.size, ctl_tx_, d.cookie);
+    } catch (const std::bad_alloc &) {
+      return stall();
+    }
+    if (RecvOp *op = m.take_posted(d.tag)) {
+      gpu_ipc::deliver_view(*op, d.tag, std::move(view));
+    } else {
+      try {
+        m.add_unexpected(std::make_unique<gpu_ipc::ViewIncoming>(d.tag, std::move(view)));
+      } catch (const std::bad_alloc &) {
+        fail_held(make_error(LF_ERR_NO_MEMORY, "shm: no memory for an unexpected message"));
+        return -1;
+      }
+    }
+    consumed(0);
+    return 1;
   }
 
   bool drain_control() noexcept {
@@ -1189,6 +1386,14 @@ class ShmEndpoint final : public Endpoint {
   std::vector<uint32_t> free_inflight_;
   std::unordered_set<uint64_t> sent_segments_;
   std::shared_ptr<ControlTx> ctl_tx_;
+  // send side, device memory (GPU IPC variants)
+  static constexpr size_t kMaxAnnouncementsInFlight = 64;
+  std::optional<gpu_ipc::Api> device_api_;
+  std::string peer_devices_;                 ///< what the peer published
+  std::unordered_map<int, bool> device_ok_;  ///< device index -> the peer can import its memory
+  gpu_ipc::IdLru<char> sent_devices_;        ///< mirror of the peer's import cache
+  std::deque<uint64_t> announced_at_;        ///< ring positions of announced descriptors not yet consumed
+  gpu_ipc::SendSync device_sync_;
 
   // receive side
   uint64_t rx_pos_ = 0, rx_fifo_pos_ = 0, rx_ctl_pos_ = 0;
@@ -1202,6 +1407,14 @@ class ShmEndpoint final : public Endpoint {
   RxStream stream_;
   std::unordered_map<uint64_t, std::shared_ptr<SharedSegment>> segments_;
   std::shared_ptr<SharedSegment> last_segment_;
+  // receive side, device memory
+  struct PendingDevice {
+    gpu_ipc::Record record;
+    Fd fd;
+  };
+  gpu_ipc::IdLru<std::shared_ptr<gpu_ipc::Imported>> devices_;   ///< imports, evicted as the sender's mirror says
+  std::unordered_map<uint64_t, PendingDevice> pending_devices_;  ///< announced, no descriptor consumed yet
+  gpu_ipc::RecvSync recv_sync_;
   std::shared_ptr<Budget> budget_;
   std::shared_ptr<CmaPeer> cma_peer_;
   // Also read by wait_for_activity() without the channel's lock.
@@ -1230,9 +1443,9 @@ Tunables Tunables::from_config() {
   return t;
 }
 
-Result<std::unique_ptr<Endpoint>> make_endpoint(Connection conn, const Tunables &t) {
+Result<std::unique_ptr<Endpoint>> make_endpoint(Connection conn, const Tunables &t, const DeviceIpc &device) {
   try {
-    return std::unique_ptr<Endpoint>(std::make_unique<ShmEndpoint>(std::move(conn), t));
+    return std::unique_ptr<Endpoint>(std::make_unique<ShmEndpoint>(std::move(conn), t, device));
   } catch (const std::bad_alloc &) {
     return LF_FAIL(LF_ERR_NO_MEMORY, "shm: no memory for an endpoint");
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/net.hpp"
 #include "memory/buffer.hpp"
@@ -37,7 +38,15 @@ struct Connection {
   bool peer_reads_me = false;  ///< the peer proved it can process_vm_readv this process
 };
 
+/// What the GPU IPC variants (vulkan-ipc, cuda-ipc) add to a connection:
+/// buffers of `api`'s memory that the peer can import travel as device
+/// descriptors (transport/gpu/gpu_ipc.hpp). api 0: plain shm.
+struct DeviceIpc {
+  int api = 0;                ///< 0 or a gpu_ipc::Api
+  std::string peer_identity;  ///< the devices the peer published (gpu_ipc::local_identity)
+};
+
 /// Build the endpoint over an established connection.
-Result<std::unique_ptr<Endpoint>> make_endpoint(Connection conn, const Tunables &t);
+Result<std::unique_ptr<Endpoint>> make_endpoint(Connection conn, const Tunables &t, const DeviceIpc &device = {});
 
 }  // namespace lf::shm

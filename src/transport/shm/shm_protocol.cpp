@@ -84,6 +84,8 @@ const char *decode_data(const SlotImage &s, const RxState &st, Decoded &out) noe
       d.segment = s.body.words[kSegment];
       d.offset = s.body.words[kOffset];
       if (d.segment == 0) return "zero-copy descriptor without a segment id";
+      if (s.flags & ~kFlagDevice) return "zero-copy descriptor with unknown flags";
+      d.device = (s.flags & kFlagDevice) != 0;
       break;
     default: return "unknown message kind";
   }

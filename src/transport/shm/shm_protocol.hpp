@@ -72,6 +72,11 @@ struct alignas(kSlotSize) Slot {
 static_assert(sizeof(Slot) == kSlotSize);
 static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<uint64_t>::is_always_lock_free);
 
+/// Slot::flags of a zero_copy descriptor: it names a device allocation the
+/// peer announced (GPU IPC, transport/gpu/gpu_ipc.hpp) instead of a memfd
+/// segment. No other flag exists.
+inline constexpr uint8_t kFlagDevice = 1;
+
 // Body words per kind.
 inline constexpr int kLen = 0;      // eager / pipe_*: bytes in the fifo
 inline constexpr int kAddr = 0;     // rts_cma: sender's address
@@ -166,8 +171,9 @@ struct Decoded {
   uint64_t len = 0;      ///< fifo piece length (eager, pipe_*)
   uint64_t addr = 0;     ///< rts_cma
   uint64_t cookie = 0;   ///< rts_cma, zero_copy
-  uint64_t segment = 0;  ///< zero_copy
+  uint64_t segment = 0;  ///< zero_copy: segment id, or allocation id when `device`
   uint64_t offset = 0;   ///< zero_copy
+  bool device = false;   ///< zero_copy: kFlagDevice (a device allocation)
   int64_t status = 0;    ///< ack: LF_OK or a negative lf_status_t
 };
 
@@ -223,7 +229,11 @@ struct Final {
   uint32_t reserved;
 };
 
-/// Accompanies each segment fd sent for zero copy.
+/// Accompanies each segment fd sent for zero copy. With magic
+/// gpu_ipc::kDeviceMagic it announces a device allocation instead:
+/// segment_id is the allocation id, segment_bytes the size of the
+/// gpu_ipc::Record that follows in the same message, and the fd (Vulkan
+/// OPAQUE_FD) is optional (CUDA IPC handles travel in the record).
 struct SegmentAnnounce {
   uint64_t magic;
   uint64_t segment_id;

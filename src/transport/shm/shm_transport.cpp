@@ -12,6 +12,12 @@
 // from other peers complete at once and the connections are stashed for
 // their own connect() call, so ranks that open channels in different orders
 // never wait on each other in a cycle.
+//
+// The same class, with another name, is the GPU IPC transports "vulkan-ipc"
+// and "cuda-ipc" (transport/gpu/gpu_ipc.hpp): they listen on sockets of their
+// own, publish the devices this process can import on next to the address,
+// refuse peers with no device in common, and their endpoints send exportable
+// device buffers as descriptors. Everything else is shm's.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/random.h>
@@ -26,7 +32,9 @@
 #include <map>
 #include <mutex>
 
+#include "core/config.hpp"
 #include "core/log.hpp"
+#include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_endpoint.hpp"
 #include "transport/shm/shm_protocol.hpp"
 #include "transport/transport.hpp"
@@ -61,21 +69,83 @@ Status check_same_user(int sock, int peer) {
   return {};
 }
 
+/// The address a rank published: the socket, then "#<device identity>" for
+/// the GPU IPC variants.
+std::string socket_part(const std::string &address) { return address.substr(0, address.find('#')); }
+std::string identity_part(const std::string &address) {
+  const size_t at = address.find('#');
+  return at == std::string::npos ? std::string() : address.substr(at + 1);
+}
+
+/// True when LF_TRANSPORTS (the environment) leaves `name` out: then a GPU
+/// variant does not probe its devices at start (a Vulkan instance costs tens
+/// of milliseconds in every process).
+bool excluded_by_environment(const char *name) {
+  const std::string filter = config::get_string("LF_TRANSPORTS");
+  bool allow_list = false, allowed = false;
+  size_t pos = 0;
+  while (pos <= filter.size()) {
+    size_t end = filter.find(',', pos);
+    if (end == std::string::npos) end = filter.size();
+    std::string item = filter.substr(pos, end - pos);
+    pos = end + 1;
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (item.empty()) continue;
+    if (item[0] == '^') {
+      if (item.substr(1) == name) return true;
+    } else {
+      allow_list = true;
+      allowed |= item == name;
+    }
+  }
+  return allow_list && !allowed;
+}
+
 class ShmTransport final : public Transport {
  public:
-  const char *name() const noexcept override { return "shm"; }
+  /// `api` 0: plain shm; else a gpu_ipc::Api (vulkan-ipc, cuda-ipc).
+  explicit ShmTransport(int api = 0) : api_(api) {}
+
+  const char *name() const noexcept override {
+    return api_ == 0 ? "shm" : api_ == static_cast<int>(gpu_ipc::Api::vulkan) ? "vulkan-ipc" : "cuda-ipc";
+  }
 
   TransportCaps caps() const noexcept override {
     TransportCaps c;
     c.local = true;
-    c.memory_kinds = kHostKinds;
     c.zero_copy = true;
     c.max_message = kMaxMessage;
-    c.priority = 90;  // above tcp and mpi: on one host, shared memory wins
+    if (api_ == 0) {
+      c.memory_kinds = kHostKinds;
+      c.priority = 90;  // above tcp and mpi: on one host, shared memory wins
+    } else {
+      // Native for their device kinds only: host channels keep using shm
+      // (and fall to tcp, not to a GPU variant, when shm is excluded).
+      c.memory_kinds = api_ == static_cast<int>(gpu_ipc::Api::vulkan)
+                           ? kind_bit(MemoryKind::vulkan_device) | kind_bit(MemoryKind::vulkan_host_visible)
+                           : kind_bit(MemoryKind::cuda_device);
+      c.priority = 85;
+    }
     return c;
   }
 
+  std::optional<std::string> unavailable_reason() const override {
+    if (api_ == static_cast<int>(gpu_ipc::Api::vulkan) && !LAVAFLOW_HAVE_VULKAN)
+      return std::string("lavaflow was built without Vulkan (LAVAFLOW_WITH_VULKAN)");
+    if (api_ == static_cast<int>(gpu_ipc::Api::cuda) && !LAVAFLOW_HAVE_CUDA)
+      return std::string("lavaflow was built without CUDA (LAVAFLOW_WITH_CUDA)");
+    if (api_ != 0 && excluded_by_environment(name())) return std::string("not started: LF_TRANSPORTS excludes it");
+    if (api_ != 0 && !identity()) return identity().error().message;
+    return std::nullopt;
+  }
+
   Result<std::string> start(World &world) override {
+    std::string identity;
+    if (api_ != 0) {
+      if (!this->identity()) return std::unexpected(this->identity().error());
+      identity = *this->identity();
+    }
     // Locations are exchanged after start(): read the boot id here. It only
     // makes the name readable in /proc/net/unix; the random part makes it unique.
     char boot[9] = "nobootid";
@@ -92,14 +162,14 @@ class ShmTransport final : public Transport {
     if (!fd) return std::unexpected(fd.error());
     listener_ = std::move(*fd);
     rank_ = world.rank();
-    return a.to_string();
+    return api_ == 0 ? a.to_string() : a.to_string() + "#" + identity;
   }
 
   std::optional<std::string> unusable_for(World &world, int peer) const override {
     // Only what both ranks know: the two locations and the published address.
     const ProcessLocation &me = world.location(world.rank()), &other = world.location(peer);
-    if (world.address(peer, "shm").empty() || world.address(world.rank(), "shm").empty())
-      return std::string("no shm address published");
+    const std::string &mine = world.address(world.rank(), name()), &theirs = world.address(peer, name());
+    if (mine.empty() || theirs.empty()) return std::string("no ") + name() + " address published";
     ScopeDecision sd = world.scope(peer);
     if (sd.scope != Scope::local) return "scope is " + std::string(scope_name(sd.scope)) + ", shm needs local";
     if (me.net_ns != other.net_ns)
@@ -108,6 +178,8 @@ class ShmTransport final : public Transport {
     if (me.uid != other.uid)
       return "different users (uid " + std::to_string(me.uid) + " vs " + std::to_string(other.uid) +
              "): SO_PEERCRED would refuse the connection";
+    if (api_ != 0)
+      return gpu_ipc::identity_mismatch(static_cast<gpu_ipc::Api>(api_), identity_part(mine), identity_part(theirs));
     return std::nullopt;
   }
 
@@ -119,14 +191,14 @@ class ShmTransport final : public Transport {
     const Tunables t = Tunables::from_config();
     auto conn = rank_ < peer ? dial(world, peer, deadline, t) : await(world, peer, deadline, t);
     if (!conn) return std::unexpected(conn.error());
-    return make_endpoint(std::move(*conn), t);
+    return make_endpoint(std::move(*conn), t, DeviceIpc{api_, identity_part(world.address(peer, name()))});
   }
 
  private:
   /// Lower rank: connect to the peer's listener and complete the handshake,
   /// serving our own listener meanwhile.
   Result<Connection> dial(World &world, int peer, Deadline deadline, const Tunables &t) {
-    auto addr = SockAddr::parse(world.address(peer, "shm"));
+    auto addr = SockAddr::parse(socket_part(world.address(peer, name())));
     if (!addr) return std::unexpected(addr.error());
     auto sock = connect_to(*addr, deadline);
     if (!sock) return std::unexpected(sock.error());
@@ -266,6 +338,17 @@ class ShmTransport final : public Transport {
     return c;
   }
 
+  /// The devices this process can import on (gpu_ipc::local_identity),
+  /// probed once: unavailable_reason() (lf-info) and start() both need it,
+  /// and a Vulkan probe costs an instance creation.
+  const Result<std::string> &identity() const {
+    std::call_once(identity_once_, [this] { identity_ = gpu_ipc::local_identity(static_cast<gpu_ipc::Api>(api_)); });
+    return identity_;
+  }
+
+  int api_;
+  mutable std::once_flag identity_once_;
+  mutable Result<std::string> identity_{std::unexpected(Error{LF_ERR_INTERNAL, "not probed"})};
   std::mutex mu_;
   Fd listener_;
   int rank_ = -1;
@@ -275,5 +358,11 @@ class ShmTransport final : public Transport {
 }  // namespace
 
 std::unique_ptr<Transport> make_shm_transport() { return std::make_unique<ShmTransport>(); }
+std::unique_ptr<Transport> make_vulkan_ipc_transport() {
+  return std::make_unique<ShmTransport>(static_cast<int>(gpu_ipc::Api::vulkan));
+}
+std::unique_ptr<Transport> make_cuda_ipc_transport() {
+  return std::make_unique<ShmTransport>(static_cast<int>(gpu_ipc::Api::cuda));
+}
 
 }  // namespace lf
