@@ -1,42 +1,26 @@
 // Transport selection. Reads only capability flags, the scope decision, the
 // set of transports that started on both ranks, and the user's filter, so
 // both ranks of a channel reach the same answer.
-#include <set>
-#include <sstream>
 
 #include "channel/channel.hpp"
 #include "channel/context.hpp"
 #include "core/config.hpp"
+#include "transport/filter.hpp"
 
 namespace lf {
 
 namespace {
 
-struct Filter {
-  std::set<std::string> allow, deny;
-  std::string text;
-  bool permits(const std::string &name) const {
-    if (deny.count(name)) return false;
-    return allow.empty() || allow.count(name);
-  }
-};
-
-Result<Filter> parse_filter(const std::string &text, const Context &ctx) {
-  Filter f;
-  f.text = text;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    if (item.empty()) continue;
-    bool neg = item[0] == '^';
-    std::string name = neg ? item.substr(1) : item;
-    bool known = false;
-    for (auto &ts : const_cast<Context &>(ctx).transports()) known |= name == ts.transport->name();
-    if (!known) return LF_FAIL(LF_ERR_NOT_FOUND, "LF_TRANSPORTS names '%s', which is not a transport of this build", name.c_str());
-    (neg ? f.deny : f.allow).insert(name);
-  }
+Result<TransportFilter> parse_filter(const std::string &text, Context &ctx) {
+  TransportFilter f = TransportFilter::parse(text);
+  for (const auto *names : {&f.allow, &f.deny})
+    for (const std::string &name : *names) {
+      bool known = false;
+      for (auto &ts : ctx.transports()) known |= name == ts.transport->name();
+      if (!known)
+        return LF_FAIL(LF_ERR_NOT_FOUND, "LF_TRANSPORTS names '%s', which is not a transport of this build",
+                       name.c_str());
+    }
   return f;
 }
 

@@ -71,6 +71,10 @@ Topology detect() {
   hwloc_topology_t topo;
   if (hwloc_topology_init(&topo) == 0) {
     hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+    // Find PCI devices through hwloc's Linux (sysfs) backend, not its
+    // libpciaccess plugin: that one parses the whole PCI name database at
+    // every load (slow in every lf_init, and it leaks the names).
+    hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
     if (hwloc_topology_load(topo) == 0) {
       t.source = "hwloc " HWLOC_VERSION;
       t.cpus = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);

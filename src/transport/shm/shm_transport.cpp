@@ -37,6 +37,7 @@
 #include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_endpoint.hpp"
 #include "transport/shm/shm_protocol.hpp"
+#include "transport/filter.hpp"
 #include "transport/transport.hpp"
 #include "transport/world.hpp"
 
@@ -77,31 +78,6 @@ std::string identity_part(const std::string &address) {
   return at == std::string::npos ? std::string() : address.substr(at + 1);
 }
 
-/// True when LF_TRANSPORTS (the environment) leaves `name` out: then a GPU
-/// variant does not probe its devices at start (a Vulkan instance costs tens
-/// of milliseconds in every process).
-bool excluded_by_environment(const char *name) {
-  const std::string filter = config::get_string("LF_TRANSPORTS");
-  bool allow_list = false, allowed = false;
-  size_t pos = 0;
-  while (pos <= filter.size()) {
-    size_t end = filter.find(',', pos);
-    if (end == std::string::npos) end = filter.size();
-    std::string item = filter.substr(pos, end - pos);
-    pos = end + 1;
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    if (item.empty()) continue;
-    if (item[0] == '^') {
-      if (item.substr(1) == name) return true;
-    } else {
-      allow_list = true;
-      allowed |= item == name;
-    }
-  }
-  return allow_list && !allowed;
-}
-
 class ShmTransport final : public Transport {
  public:
   /// `api` 0: plain shm; else a gpu_ipc::Api (vulkan-ipc, cuda-ipc).
@@ -135,7 +111,7 @@ class ShmTransport final : public Transport {
       return std::string("lavaflow was built without Vulkan (LAVAFLOW_WITH_VULKAN)");
     if (api_ == static_cast<int>(gpu_ipc::Api::cuda) && !LAVAFLOW_HAVE_CUDA)
       return std::string("lavaflow was built without CUDA (LAVAFLOW_WITH_CUDA)");
-    if (api_ != 0 && excluded_by_environment(name())) return std::string("not started: LF_TRANSPORTS excludes it");
+    if (api_ != 0 && !TransportFilter::from_environment().permits(name())) return std::string("not started: LF_TRANSPORTS excludes it");
     if (api_ != 0 && !identity()) return identity().error().message;
     return std::nullopt;
   }
