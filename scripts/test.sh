@@ -37,7 +37,7 @@ echo "=== AddressSanitizer build: core, memory and channel tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON -DLAVAFLOW_SANITIZE=address \
   -DLAVAFLOW_BUILD_BENCH=OFF -DLAVAFLOW_BUILD_EXAMPLES=OFF -DLAVAFLOW_WITH_CUDA=OFF >/dev/null
 cmake --build build-asan -j "$JOBS"
-ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ctest --test-dir build-asan --output-on-failure -j 2 -L 'core|memory|channel' -LE 'stress|mpi'
+ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0:allocator_may_return_null=1 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ctest --test-dir build-asan --output-on-failure -j 2 -L 'core|memory|channel' -LE 'stress|mpi'
 
 echo "=== ThreadSanitizer build: tests labelled tsan"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON -DLAVAFLOW_SANITIZE=thread \

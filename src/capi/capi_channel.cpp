@@ -26,6 +26,33 @@ Channel *channel_of(lf_channel_t h, lf_status_t &code) noexcept {
   return s->ch.get();
 }
 
+// Argument checks shared by the non-blocking and blocking calls.
+Channel *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_status_t &code) noexcept {
+  Channel *ch = channel_of(h, code);
+  if (!ch) return nullptr;
+  if (!data && bytes)
+    code = fail(LF_ERR_INVALID_ARG, "send: data is NULL for a %zu-byte message", bytes);
+  else if (bytes > kMaxMessage)
+    code = fail(LF_ERR_INVALID_ARG, "send: %zu bytes is not a plausible message size", bytes);
+  else if (tag == LF_ANY_TAG)
+    code = fail(LF_ERR_INVALID_ARG, "send: LF_ANY_TAG is for receives only");
+  else
+    return ch;
+  return nullptr;
+}
+
+Channel *recv_target(lf_channel_t h, void *data, size_t capacity, lf_status_t &code) noexcept {
+  Channel *ch = channel_of(h, code);
+  if (!ch) return nullptr;
+  if (!data && capacity)
+    code = fail(LF_ERR_INVALID_ARG, "receive: data is NULL with capacity %zu", capacity);
+  else if (capacity > kMaxMessage)
+    code = fail(LF_ERR_INVALID_ARG, "receive: capacity %zu is not a plausible size", capacity);
+  else
+    return ch;
+  return nullptr;
+}
+
 RequestSlot *request_of(lf_request_t h, lf_status_t &code) noexcept {
   if (!h) {
     code = fail(LF_ERR_INVALID_ARG, "request is NULL");
@@ -133,12 +160,9 @@ LF_API int lf_channel_peer(lf_channel_t h) {
 
 LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  Channel *ch = channel_of(h, code);
+  Channel *ch = send_target(h, data, bytes, tag, code);
   if (!ch) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend: req is NULL");
-  if (!data && bytes) return fail(LF_ERR_INVALID_ARG, "lf_isend: data is NULL for a %zu-byte message", bytes);
-  if (bytes > kMaxMessage) return fail(LF_ERR_INVALID_ARG, "lf_isend: %zu bytes is not a plausible message size", bytes);
-  if (tag == LF_ANY_TAG) return fail(LF_ERR_INVALID_ARG, "lf_isend: LF_ANY_TAG is for receives only");
   RequestSlot *r;
   lf_request_t handle;
   if ((code = new_request(h, true, r, handle)) != LF_OK) return code;
@@ -152,12 +176,9 @@ LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint
 
 LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  Channel *ch = channel_of(h, code);
+  Channel *ch = recv_target(h, data, capacity, code);
   if (!ch) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv: req is NULL");
-  if (!data && capacity) return fail(LF_ERR_INVALID_ARG, "lf_irecv: data is NULL with capacity %zu", capacity);
-  if (capacity > kMaxMessage)
-    return fail(LF_ERR_INVALID_ARG, "lf_irecv: capacity %zu is not a plausible size", capacity);
   RequestSlot *r;
   lf_request_t handle;
   if ((code = new_request(h, false, r, handle)) != LF_OK) return code;
@@ -273,16 +294,36 @@ LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completio
   });
 }
 
-LF_API lf_status_t lf_send(lf_channel_t ch, const void *data, size_t bytes, uint64_t tag) {
-  lf_request_t req;
-  lf_status_t st = lf_isend(ch, data, bytes, tag, &req);
-  return st < 0 ? st : lf_wait(req, nullptr);
+// The blocking calls' operation never escapes the call, so it lives on the
+// stack: no request handle, no handle-table lock. This is a third of the
+// small-message latency through the C API (docs/performance.md).
+LF_API lf_status_t lf_send(lf_channel_t h, const void *data, size_t bytes, uint64_t tag) {
+  lf_status_t code = LF_OK;
+  if (!send_target(h, data, bytes, tag, code)) return code;
+  std::shared_ptr<Channel> ch = channels().get(h)->ch;  // stays alive if another thread closes it
+  SendOp op;
+  op.tag = tag;
+  op.data = data;
+  op.size = bytes;
+  ch->post_send(op);
+  ch->wait(op.status);
+  if (op.status < 0) set_last_error(op.status, op.error.c_str());
+  return op.status;
 }
 
-LF_API lf_status_t lf_recv(lf_channel_t ch, void *data, size_t capacity, uint64_t tag, size_t *bytes) {
-  lf_request_t req;
-  lf_status_t st = lf_irecv(ch, data, capacity, tag, &req);
-  return st < 0 ? st : lf_wait(req, bytes);
+LF_API lf_status_t lf_recv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, size_t *bytes) {
+  lf_status_t code = LF_OK;
+  if (!recv_target(h, data, capacity, code)) return code;
+  std::shared_ptr<Channel> ch = channels().get(h)->ch;
+  RecvOp op;
+  op.tag = tag;
+  op.data = data;
+  op.capacity = capacity;
+  ch->post_recv(op);
+  ch->wait(op.status);
+  if (op.status < 0) set_last_error(op.status, op.error.c_str());
+  if (bytes && (op.status == LF_OK || op.status == LF_ERR_TRUNCATED)) *bytes = op.bytes;
+  return op.status;
 }
 
 LF_API lf_status_t lf_shared_pool(lf_context_t ctx_h, lf_pool_t *out) {
