@@ -25,14 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    lf_status_t st_ = (call);                                                                 \
-    if (st_ < 0) {                                                                            \
-      fprintf(stderr, "%s failed: %s (%s)\n", #call, lf_status_string(st_), lf_last_error()); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
+#include "example_util.h"
 
 enum { ROUNDS = 16, TAG = 7 };
 #define BYTES ((size_t)8 << 20)

@@ -9,12 +9,11 @@
  */
 #include <lavaflow/lavaflow.h>
 
-#include "example_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
+#include "example_util.h"
 
 int main(void) {
   lf_context_t ctx;

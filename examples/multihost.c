@@ -26,13 +26,12 @@
  */
 #include <lavaflow/lavaflow.h>
 
-#include "example_util.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
+#include "example_util.h"
 
 enum { kBlock = 16 << 20, kRounds = 8 };
 

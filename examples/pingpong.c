@@ -9,12 +9,11 @@
  */
 #include <lavaflow/lavaflow.h>
 
-#include "example_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
+#include "example_util.h"
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

@@ -28,18 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "example_util.h"
+
 /* SPIR-V compiled from shaders/square.comp and shaders/scale_add.comp at build time (cmake/LavaflowSpirv.cmake). */
 #include "lf_shaders/example_scale_add.spv.h"
 #include "lf_shaders/example_square.spv.h"
-
-#define CHECK(call)                                                                           \
-  do {                                                                                        \
-    lf_status_t st_ = (call);                                                                 \
-    if (st_ < 0) {                                                                            \
-      fprintf(stderr, "%s failed: %s (%s)\n", #call, lf_status_string(st_), lf_last_error()); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
 
 enum { N = 1 << 20, TAG_DATA = 1, TAG_RESULT = 2 };
 

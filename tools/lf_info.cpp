@@ -22,8 +22,8 @@ void features() {
   struct {
     const char *name;
     int on;
-  } f[] = {{"MPI", LAVAFLOW_HAVE_MPI},   {"CUDA", LAVAFLOW_HAVE_CUDA},   {"VULKAN", LAVAFLOW_HAVE_VULKAN},
-           {"UCX", LAVAFLOW_HAVE_UCX},   {"DPDK", LAVAFLOW_HAVE_DPDK},   {"NUMA", LAVAFLOW_HAVE_NUMA},
+  } f[] = {{"MPI", LAVAFLOW_HAVE_MPI},     {"CUDA", LAVAFLOW_HAVE_CUDA},  {"VULKAN", LAVAFLOW_HAVE_VULKAN},
+           {"UCX", LAVAFLOW_HAVE_UCX},     {"DPDK", LAVAFLOW_HAVE_DPDK},  {"NUMA", LAVAFLOW_HAVE_NUMA},
            {"HWLOC", LAVAFLOW_HAVE_HWLOC}, {"URING", LAVAFLOW_HAVE_URING}};
   for (auto &x : f) std::printf("  %-8s %s\n", x.name, x.on ? "yes" : "no");
 }
@@ -59,8 +59,7 @@ void memory_kinds() {
   for (int k = 0; k < LF_MEM_KIND_COUNT_; ++k) {
     auto kind = static_cast<MemoryKind>(k);
     auto why = kind_unavailable_reason(kind);
-    std::printf("  %-20s %s%s\n", memory_kind_name(kind), why ? "unavailable: " : "available",
-                why ? why->c_str() : "");
+    std::printf("  %-20s %s%s\n", memory_kind_name(kind), why ? "unavailable: " : "available", why ? why->c_str() : "");
   }
 }
 
@@ -79,8 +78,8 @@ void tunables() {
   std::printf("\n# Tunables (environment variables)\n");
   for (const auto &t : config::all()) {
     std::string v = config::get_string(t.name);
-    std::printf("  %s=%s%s\n      [%s] %s (default \"%s\")\n", t.name, v.c_str(), config::is_set(t.name) ? "  (set)" : "",
-                config::type_name(t.type), t.help, t.default_value);
+    std::printf("  %s=%s%s\n      [%s] %s (default \"%s\")\n", t.name, v.c_str(),
+                config::is_set(t.name) ? "  (set)" : "", config::type_name(t.type), t.help, t.default_value);
   }
 }
 

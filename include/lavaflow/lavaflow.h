@@ -30,20 +30,20 @@ extern "C" {
 /** Result of a call: 0 ok, 1 in progress, negative errors. */
 typedef int32_t lf_status_t;
 
-#define LF_OK 0                  /**< Success. */
-#define LF_IN_PROGRESS 1         /**< Operation started, not yet complete. */
-#define LF_ERR_INVALID_ARG (-1)  /**< A NULL pointer, bad handle or out-of-range value. */
-#define LF_ERR_NO_MEMORY (-2)    /**< Allocation failed or a pool cap was reached. */
-#define LF_ERR_UNSUPPORTED (-3)  /**< Not supported by this build or transport. */
-#define LF_ERR_UNAVAILABLE (-4)  /**< Supported, but not available on this machine now. */
-#define LF_ERR_PEER_GONE (-5)    /**< The peer process exited or its connection broke. */
-#define LF_ERR_TIMEOUT (-6)      /**< A deadline passed (bootstrap, connect). */
-#define LF_ERR_TRUNCATED (-7)    /**< Receive buffer smaller than the message. */
-#define LF_ERR_CLOSED (-8)       /**< Handle already closed, finalized or consumed. */
-#define LF_ERR_IO (-9)           /**< A system call failed. */
-#define LF_ERR_PROTOCOL (-10)    /**< Malformed data arrived from a peer. */
-#define LF_ERR_INTERNAL (-11)    /**< A bug in lavaflow; please report it. */
-#define LF_ERR_NOT_FOUND (-12)   /**< A named item (transport, tunable, file) does not exist. */
+#define LF_OK 0                 /**< Success. */
+#define LF_IN_PROGRESS 1        /**< Operation started, not yet complete. */
+#define LF_ERR_INVALID_ARG (-1) /**< A NULL pointer, bad handle or out-of-range value. */
+#define LF_ERR_NO_MEMORY (-2)   /**< Allocation failed or a pool cap was reached. */
+#define LF_ERR_UNSUPPORTED (-3) /**< Not supported by this build or transport. */
+#define LF_ERR_UNAVAILABLE (-4) /**< Supported, but not available on this machine now. */
+#define LF_ERR_PEER_GONE (-5)   /**< The peer process exited or its connection broke. */
+#define LF_ERR_TIMEOUT (-6)     /**< A deadline passed (bootstrap, connect). */
+#define LF_ERR_TRUNCATED (-7)   /**< Receive buffer smaller than the message. */
+#define LF_ERR_CLOSED (-8)      /**< Handle already closed, finalized or consumed. */
+#define LF_ERR_IO (-9)          /**< A system call failed. */
+#define LF_ERR_PROTOCOL (-10)   /**< Malformed data arrived from a peer. */
+#define LF_ERR_INTERNAL (-11)   /**< A bug in lavaflow; please report it. */
+#define LF_ERR_NOT_FOUND (-12)  /**< A named item (transport, tunable, file) does not exist. */
 
 /** Static name of a status code, e.g. "LF_ERR_PEER_GONE". Never NULL. */
 const char *lf_status_string(lf_status_t status);
@@ -120,14 +120,14 @@ typedef struct lf_buffer *lf_buffer_t;
 
 /** Kinds of memory the allocator can provide. */
 typedef enum {
-  LF_MEM_HOST = 0,                 /**< Aligned host memory. */
-  LF_MEM_HOST_NUMA = 1,            /**< Host memory bound to a NUMA node. */
-  LF_MEM_HOST_HUGEPAGE = 2,        /**< hugetlbfs pages (or THP when none are reserved). */
-  LF_MEM_HOST_PINNED = 3,          /**< Page-locked host memory (CUDA-registered or mlock). */
-  LF_MEM_HOST_SHARED = 4,          /**< memfd-backed host memory another process can map. */
-  LF_MEM_CUDA_DEVICE = 5,          /**< CUDA device memory. */
-  LF_MEM_VULKAN_DEVICE = 6,        /**< Vulkan DEVICE_LOCAL memory, exportable as an fd. */
-  LF_MEM_VULKAN_HOST_VISIBLE = 7,  /**< Vulkan HOST_VISIBLE memory, exportable as an fd. */
+  LF_MEM_HOST = 0,                /**< Aligned host memory. */
+  LF_MEM_HOST_NUMA = 1,           /**< Host memory bound to a NUMA node. */
+  LF_MEM_HOST_HUGEPAGE = 2,       /**< hugetlbfs pages (or THP when none are reserved). */
+  LF_MEM_HOST_PINNED = 3,         /**< Page-locked host memory (CUDA-registered or mlock). */
+  LF_MEM_HOST_SHARED = 4,         /**< memfd-backed host memory another process can map. */
+  LF_MEM_CUDA_DEVICE = 5,         /**< CUDA device memory. */
+  LF_MEM_VULKAN_DEVICE = 6,       /**< Vulkan DEVICE_LOCAL memory, exportable as an fd. */
+  LF_MEM_VULKAN_HOST_VISIBLE = 7, /**< Vulkan HOST_VISIBLE memory, exportable as an fd. */
   LF_MEM_KIND_COUNT_ = 8
 } lf_memory_kind_t;
 
@@ -136,14 +136,15 @@ const char *lf_memory_kind_string(lf_memory_kind_t kind);
 
 /** Options for lf_alloc_ex. Initialise with LF_ALLOC_PARAMS_INIT. */
 typedef struct {
-  size_t size;       /**< sizeof(lf_alloc_params_t). */
-  int numa_node;     /**< NUMA node for LF_MEM_HOST_NUMA; -1 = the caller's node. */
-  int device;        /**< GPU index for CUDA/Vulkan kinds. */
-  size_t alignment;  /**< Power of two; 0 = the kind's default. */
-  int strict;        /**< Non-zero: fail with LF_ERR_UNAVAILABLE instead of falling back. */
+  size_t size;      /**< sizeof(lf_alloc_params_t). */
+  int numa_node;    /**< NUMA node for LF_MEM_HOST_NUMA; -1 = the caller's node. */
+  int device;       /**< GPU index for CUDA/Vulkan kinds. */
+  size_t alignment; /**< Power of two; 0 = the kind's default. */
+  int strict;       /**< Non-zero: fail with LF_ERR_UNAVAILABLE instead of falling back. */
 } lf_alloc_params_t;
 
-#define LF_ALLOC_PARAMS_INIT {sizeof(lf_alloc_params_t), -1, 0, 0, 0}
+#define LF_ALLOC_PARAMS_INIT \
+  { sizeof(lf_alloc_params_t), -1, 0, 0, 0 }
 
 /**
  * Allocate `bytes` of memory of `kind`. When the kind is unavailable the
@@ -154,8 +155,8 @@ typedef struct {
 lf_status_t lf_alloc(lf_context_t ctx, size_t bytes, lf_memory_kind_t kind, lf_buffer_t *out);
 
 /** lf_alloc with options; `params` may be NULL for the defaults. */
-lf_status_t lf_alloc_ex(lf_context_t ctx, size_t bytes, lf_memory_kind_t kind,
-                        const lf_alloc_params_t *params, lf_buffer_t *out);
+lf_status_t lf_alloc_ex(lf_context_t ctx, size_t bytes, lf_memory_kind_t kind, const lf_alloc_params_t *params,
+                        lf_buffer_t *out);
 
 /**
  * Release a buffer: memory from a pool returns to its pool, a received
@@ -188,40 +189,42 @@ size_t lf_buffer_alignment(lf_buffer_t buf);
 
 /** Pool presets: sizing policies for lf_pool_create. */
 typedef enum {
-  LF_POOL_DEFAULT = 0,          /**< 256 B..64 MiB classes, 1 GiB cap, nothing preallocated. */
-  LF_POOL_HIGH_THROUGHPUT = 1,  /**< 4 KiB..256 MiB classes, 4 GiB cap, preallocated. */
-  LF_POOL_LOW_MEMORY = 2        /**< 64 B..4 MiB classes, 64 MiB cap, small free lists. */
+  LF_POOL_DEFAULT = 0,         /**< 256 B..64 MiB classes, 1 GiB cap, nothing preallocated. */
+  LF_POOL_HIGH_THROUGHPUT = 1, /**< 4 KiB..256 MiB classes, 4 GiB cap, preallocated. */
+  LF_POOL_LOW_MEMORY = 2       /**< 64 B..4 MiB classes, 64 MiB cap, small free lists. */
 } lf_pool_preset_t;
 
 typedef struct lf_pool *lf_pool_t;
 
 /** Options for lf_pool_create. Initialise with LF_POOL_PARAMS_INIT. */
 typedef struct {
-  size_t size;               /**< sizeof(lf_pool_params_t). */
-  lf_memory_kind_t kind;     /**< Kind of every buffer in the pool. */
-  lf_pool_preset_t preset;   /**< Defaults for the fields left 0 below. */
-  size_t min_class;          /**< Smallest size class (power of two), 0 = preset. */
-  size_t max_class;          /**< Largest size class (power of two), 0 = preset. */
-  size_t cap_bytes;          /**< Never hold more than this (in use + cached), 0 = preset. */
-  int strict;                /**< As lf_alloc_params_t.strict. */
+  size_t size;             /**< sizeof(lf_pool_params_t). */
+  lf_memory_kind_t kind;   /**< Kind of every buffer in the pool. */
+  lf_pool_preset_t preset; /**< Defaults for the fields left 0 below. */
+  size_t min_class;        /**< Smallest size class (power of two), 0 = preset. */
+  size_t max_class;        /**< Largest size class (power of two), 0 = preset. */
+  size_t cap_bytes;        /**< Never hold more than this (in use + cached), 0 = preset. */
+  int strict;              /**< As lf_alloc_params_t.strict. */
 } lf_pool_params_t;
 
-#define LF_POOL_PARAMS_INIT {sizeof(lf_pool_params_t), LF_MEM_HOST, LF_POOL_DEFAULT, 0, 0, 0, 0}
+#define LF_POOL_PARAMS_INIT \
+  { sizeof(lf_pool_params_t), LF_MEM_HOST, LF_POOL_DEFAULT, 0, 0, 0, 0 }
 
 /** Pool statistics, a snapshot. */
 typedef struct {
-  size_t size;            /**< sizeof(lf_pool_stats_t); set by the caller. */
-  uint64_t hits;          /**< Acquires served from a free list. */
-  uint64_t misses;        /**< Acquires that had to allocate. */
-  uint64_t returns;       /**< Buffers given back and kept. */
-  uint64_t drops;         /**< Buffers given back and freed (list full or over cap). */
+  size_t size;      /**< sizeof(lf_pool_stats_t); set by the caller. */
+  uint64_t hits;    /**< Acquires served from a free list. */
+  uint64_t misses;  /**< Acquires that had to allocate. */
+  uint64_t returns; /**< Buffers given back and kept. */
+  uint64_t drops;   /**< Buffers given back and freed (list full or over cap). */
   uint64_t in_use_buffers;
   uint64_t in_use_bytes;
-  uint64_t pooled_bytes;  /**< Bytes cached in free lists. */
-  double hit_rate;        /**< hits / (hits + misses), 0 when none. */
+  uint64_t pooled_bytes; /**< Bytes cached in free lists. */
+  double hit_rate;       /**< hits / (hits + misses), 0 when none. */
 } lf_pool_stats_t;
 
-#define LF_POOL_STATS_INIT {sizeof(lf_pool_stats_t), 0, 0, 0, 0, 0, 0, 0, 0.0}
+#define LF_POOL_STATS_INIT \
+  { sizeof(lf_pool_stats_t), 0, 0, 0, 0, 0, 0, 0, 0.0 }
 
 /** Create a thread-safe size-class pool. */
 lf_status_t lf_pool_create(lf_context_t ctx, const lf_pool_params_t *params, lf_pool_t *out);
@@ -249,8 +252,7 @@ struct DLManagedTensor;
  * the buffer moves to the tensor: its deleter releases the buffer (do not
  * lf_free it afterwards). On failure the buffer stays the caller's.
  */
-lf_status_t lf_buffer_to_dlpack(lf_buffer_t buf, uint8_t dtype_code, uint8_t dtype_bits,
-                                struct DLManagedTensor **out);
+lf_status_t lf_buffer_to_dlpack(lf_buffer_t buf, uint8_t dtype_code, uint8_t dtype_bits, struct DLManagedTensor **out);
 
 /* ------------------------------------------------------------------------ */
 /* Layer 2: channels                                                        */
@@ -264,13 +266,14 @@ typedef struct lf_request *lf_request_t;
 
 /** Options for lf_channel_open_ex. Initialise with LF_CHANNEL_PARAMS_INIT. */
 typedef struct {
-  size_t size;                   /**< sizeof(lf_channel_params_t). */
-  const char *transports;        /**< As LF_TRANSPORTS ("shm,tcp", "^mpi"); NULL = environment. */
-  int strict;                    /**< Non-zero: fail rather than fall back to a lesser transport. */
-  lf_memory_kind_t memory_kind;  /**< Kind of memory most payloads live in (picks GPU IPC). */
+  size_t size;                  /**< sizeof(lf_channel_params_t). */
+  const char *transports;       /**< As LF_TRANSPORTS ("shm,tcp", "^mpi"); NULL = environment. */
+  int strict;                   /**< Non-zero: fail rather than fall back to a lesser transport. */
+  lf_memory_kind_t memory_kind; /**< Kind of memory most payloads live in (picks GPU IPC). */
 } lf_channel_params_t;
 
-#define LF_CHANNEL_PARAMS_INIT {sizeof(lf_channel_params_t), NULL, 0, LF_MEM_HOST}
+#define LF_CHANNEL_PARAMS_INIT \
+  { sizeof(lf_channel_params_t), NULL, 0, LF_MEM_HOST }
 
 /**
  * Connect to `peer`. Both ranks must call it (in any order with respect to
@@ -280,8 +283,7 @@ typedef struct {
 lf_status_t lf_channel_open(lf_context_t ctx, int peer, lf_channel_t *out);
 
 /** lf_channel_open with options; `params` may be NULL. */
-lf_status_t lf_channel_open_ex(lf_context_t ctx, int peer, const lf_channel_params_t *params,
-                               lf_channel_t *out);
+lf_status_t lf_channel_open_ex(lf_context_t ctx, int peer, const lf_channel_params_t *params, lf_channel_t *out);
 
 /** Close a channel; pending requests complete with LF_ERR_CLOSED. */
 lf_status_t lf_channel_close(lf_channel_t ch);
@@ -326,7 +328,8 @@ typedef struct {
   uint64_t tag;         /**< Tag of the message (useful with LF_ANY_TAG). */
 } lf_completion_t;
 
-#define LF_COMPLETION_INIT {sizeof(lf_completion_t), 0, 0, 0}
+#define LF_COMPLETION_INIT \
+  { sizeof(lf_completion_t), 0, 0, 0 }
 
 /** lf_wait that also reports the tag and full message size. */
 lf_status_t lf_wait_completion(lf_request_t req, lf_completion_t *out);

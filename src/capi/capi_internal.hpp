@@ -7,6 +7,7 @@
 #include <memory>
 #include <new>
 
+#include "capi/capi_error.hpp"
 #include "capi/handles.hpp"
 #include "channel/channel.hpp"
 #include "channel/context.hpp"
@@ -35,28 +36,6 @@ struct RequestSlot {
 HandleTable<ContextSlot> &contexts() noexcept;
 HandleTable<ChannelSlot> &channels() noexcept;
 HandleTable<RequestSlot> &requests() noexcept;
-
-/// Record `e` as the thread's last error and return its code.
-inline lf_status_t fail(const Error &e) noexcept {
-  set_last_error(e);
-  return e.code;
-}
-lf_status_t fail(lf_status_t code, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
-
-/// Run `body` (returning lf_status_t), converting exceptions to statuses so
-/// none crosses the C boundary.
-template <typename F>
-lf_status_t guard(F &&body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc &) {
-    return fail(LF_ERR_NO_MEMORY, "out of memory");
-  } catch (const std::exception &e) {
-    return fail(LF_ERR_INTERNAL, "unexpected exception: %s", e.what());
-  } catch (...) {
-    return fail(LF_ERR_INTERNAL, "unexpected exception");
-  }
-}
 
 /// Look up a context handle; records the error and returns nullptr if bad.
 Context *context_of(lf_context_t h) noexcept;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 
+#include "capi/capi_error.hpp"
 #include "capi/handles.hpp"
 #include "memory/allocator.hpp"
 #include "memory/dlpack.hpp"
@@ -35,44 +36,15 @@ HandleTable<PoolSlot> &pools() noexcept {
   return t;
 }
 
-lf_status_t mem_fail(lf_status_t code, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
-lf_status_t mem_fail(lf_status_t code, const char *fmt, ...) noexcept {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  std::vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  set_last_error(code, buf);
-  return code;
-}
-
-lf_status_t mem_fail(const Error &e) noexcept {
-  set_last_error(e);
-  return e.code;
-}
-
-template <typename F>
-lf_status_t guarded(F &&body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc &) {
-    return mem_fail(LF_ERR_NO_MEMORY, "out of memory");
-  } catch (const std::exception &e) {
-    return mem_fail(LF_ERR_INTERNAL, "unexpected exception: %s", e.what());
-  } catch (...) {
-    return mem_fail(LF_ERR_INTERNAL, "unexpected exception");
-  }
-}
-
 // Look up a buffer for an accessor; records why when the handle is bad.
 Buffer *buffer_of(lf_buffer_t h, const char *fn) noexcept {
   if (!h) {
-    mem_fail(LF_ERR_INVALID_ARG, "%s: buffer is NULL", fn);
+    fail(LF_ERR_INVALID_ARG, "%s: buffer is NULL", fn);
     return nullptr;
   }
   BufferSlot *s = buffers().get(h);
   if (!s || !s->buf) {
-    mem_fail(LF_ERR_CLOSED, "%s: buffer is not live (already freed or handed over)", fn);
+    fail(LF_ERR_CLOSED, "%s: buffer is not live (already freed or handed over)", fn);
     return nullptr;
   }
   return s->buf.get();
@@ -96,7 +68,7 @@ lf_buffer_t wrap(BufferPtr b) noexcept {
   if (!b) return nullptr;
   auto [h, slot] = buffers().acquire();
   if (!slot) {
-    mem_fail(LF_ERR_NO_MEMORY, "no buffer handle available");
+    fail(LF_ERR_NO_MEMORY, "no buffer handle available");
     return nullptr;
   }
   slot->buf = std::move(b);
@@ -122,7 +94,7 @@ lf_pool_t wrap_pool(std::shared_ptr<Pool> pool) noexcept {
   if (!pool) return nullptr;
   auto [h, slot] = pools().acquire();
   if (!slot) {
-    mem_fail(LF_ERR_NO_MEMORY, "no pool handle available");
+    fail(LF_ERR_NO_MEMORY, "no pool handle available");
     return nullptr;
   }
   slot->pool = std::move(pool);
@@ -132,7 +104,7 @@ lf_pool_t wrap_pool(std::shared_ptr<Pool> pool) noexcept {
 lf_pool_t wrap_pool(Pool &pool) noexcept {
   std::shared_ptr<Pool> p = pool.weak_from_this().lock();
   if (!p) {
-    mem_fail(LF_ERR_INTERNAL, "wrap_pool: pool is not owned by a shared_ptr");
+    fail(LF_ERR_INTERNAL, "wrap_pool: pool is not owned by a shared_ptr");
     return nullptr;
   }
   return wrap_pool(std::move(p));
@@ -156,28 +128,26 @@ LF_API const char *lf_memory_kind_string(lf_memory_kind_t kind) {
 LF_API lf_status_t lf_alloc_ex(lf_context_t, size_t bytes, lf_memory_kind_t kind, const lf_alloc_params_t *params,
                                lf_buffer_t *out) {
   // The context is not needed: memory does not depend on the world of ranks.
-  return guarded([&]() -> lf_status_t {
-    if (!out) return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc: out is NULL");
-    if (!valid_kind(kind))
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc: unknown memory kind %d", static_cast<int>(kind));
-    if (bytes == 0) return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc: size is 0");
+  return guard([&]() -> lf_status_t {
+    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_alloc: out is NULL");
+    if (!valid_kind(kind)) return fail(LF_ERR_INVALID_ARG, "lf_alloc: unknown memory kind %d", static_cast<int>(kind));
+    if (bytes == 0) return fail(LF_ERR_INVALID_ARG, "lf_alloc: size is 0");
     if (bytes > kMaxAllocation)
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc: %zu bytes is not a plausible size (limit %zu)", bytes,
-                      kMaxAllocation);
+      return fail(LF_ERR_INVALID_ARG, "lf_alloc: %zu bytes is not a plausible size (limit %zu)", bytes, kMaxAllocation);
     lf_alloc_params_t p = LF_ALLOC_PARAMS_INIT;
     if (!read_params(params, p))
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: params->size=%zu: initialise with LF_ALLOC_PARAMS_INIT",
-                      params->size);
-    if (p.numa_node < -1) return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: numa_node %d", p.numa_node);
-    if (p.device < 0) return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: device %d", p.device);
+      return fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: params->size=%zu: initialise with LF_ALLOC_PARAMS_INIT",
+                  params->size);
+    if (p.numa_node < -1) return fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: numa_node %d", p.numa_node);
+    if (p.device < 0) return fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: device %d", p.device);
     if (p.alignment & (p.alignment - 1))
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: alignment %zu is not a power of two", p.alignment);
+      return fail(LF_ERR_INVALID_ARG, "lf_alloc_ex: alignment %zu is not a power of two", p.alignment);
     auto b = allocate(bytes, AllocOptions{.kind = static_cast<MemoryKind>(kind),
                                           .numa_node = p.numa_node,
                                           .device = p.device,
                                           .alignment = p.alignment,
                                           .strict = p.strict != 0});
-    if (!b) return mem_fail(b.error());
+    if (!b) return fail(b.error());
     lf_buffer_t h = wrap(std::move(*b));
     if (!h) return LF_ERR_NO_MEMORY;
     *out = h;
@@ -190,10 +160,10 @@ LF_API lf_status_t lf_alloc(lf_context_t ctx, size_t bytes, lf_memory_kind_t kin
 }
 
 LF_API lf_status_t lf_free(lf_buffer_t h) {
-  return guarded([&]() -> lf_status_t {
-    if (!h) return mem_fail(LF_ERR_INVALID_ARG, "lf_free: buffer is NULL");
+  return guard([&]() -> lf_status_t {
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_free: buffer is NULL");
     BufferPtr b = unwrap_take(h);
-    if (!b) return mem_fail(LF_ERR_CLOSED, "lf_free: buffer is not live (freed twice, or handed over)");
+    if (!b) return fail(LF_ERR_CLOSED, "lf_free: buffer is not live (freed twice, or handed over)");
     b.reset();  // to its pool, its owner process, or the system
     return LF_OK;
   });
@@ -236,13 +206,13 @@ LF_API size_t lf_buffer_alignment(lf_buffer_t h) {
 
 LF_API lf_status_t lf_buffer_to_dlpack(lf_buffer_t h, uint8_t dtype_code, uint8_t dtype_bits,
                                        struct DLManagedTensor **out) {
-  return guarded([&]() -> lf_status_t {
+  return guard([&]() -> lf_status_t {
     if (!buffer_of(h, "lf_buffer_to_dlpack")) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
-    if (!out) return mem_fail(LF_ERR_INVALID_ARG, "lf_buffer_to_dlpack: out is NULL");
+    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_buffer_to_dlpack: out is NULL");
     BufferSlot *s = buffers().get(h);
     auto t = to_dlpack(s->buf, dtype_code, dtype_bits);
-    if (!t) return mem_fail(t.error());  // the buffer stays the caller's
-    buffers().release(h);                // ownership moved to the tensor
+    if (!t) return fail(t.error());  // the buffer stays the caller's
+    buffers().release(h);            // ownership moved to the tensor
     *out = *t;
     return LF_OK;
   });
@@ -251,23 +221,23 @@ LF_API lf_status_t lf_buffer_to_dlpack(lf_buffer_t h, uint8_t dtype_code, uint8_
 // ---- pools -------------------------------------------------------------------------
 
 LF_API lf_status_t lf_pool_create(lf_context_t, const lf_pool_params_t *params, lf_pool_t *out) {
-  return guarded([&]() -> lf_status_t {
-    if (!out) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_create: out is NULL");
+  return guard([&]() -> lf_status_t {
+    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_pool_create: out is NULL");
     lf_pool_params_t p = LF_POOL_PARAMS_INIT;
     if (!read_params(params, p))
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_create: params->size=%zu: initialise with LF_POOL_PARAMS_INIT",
-                      params->size);
+      return fail(LF_ERR_INVALID_ARG, "lf_pool_create: params->size=%zu: initialise with LF_POOL_PARAMS_INIT",
+                  params->size);
     if (!valid_kind(p.kind))
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_create: unknown memory kind %d", static_cast<int>(p.kind));
+      return fail(LF_ERR_INVALID_ARG, "lf_pool_create: unknown memory kind %d", static_cast<int>(p.kind));
     if (static_cast<int>(p.preset) < LF_POOL_DEFAULT || p.preset > LF_POOL_LOW_MEMORY)
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_create: unknown preset %d", static_cast<int>(p.preset));
+      return fail(LF_ERR_INVALID_ARG, "lf_pool_create: unknown preset %d", static_cast<int>(p.preset));
     auto pool = Pool::create(PoolOptions{.kind = static_cast<MemoryKind>(p.kind),
                                          .preset = static_cast<PoolPreset>(p.preset),
                                          .min_class = p.min_class,
                                          .max_class = p.max_class,
                                          .cap_bytes = p.cap_bytes,
                                          .strict = p.strict != 0});
-    if (!pool) return mem_fail(pool.error());
+    if (!pool) return fail(pool.error());
     lf_pool_t h = wrap_pool(std::move(*pool));
     if (!h) return LF_ERR_NO_MEMORY;
     *out = h;
@@ -276,14 +246,14 @@ LF_API lf_status_t lf_pool_create(lf_context_t, const lf_pool_params_t *params, 
 }
 
 LF_API lf_status_t lf_pool_acquire(lf_pool_t h, size_t bytes, lf_buffer_t *out) {
-  return guarded([&]() -> lf_status_t {
-    if (!h) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: pool is NULL");
-    if (!out) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: out is NULL");
+  return guard([&]() -> lf_status_t {
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: pool is NULL");
+    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: out is NULL");
     PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return mem_fail(LF_ERR_CLOSED, "lf_pool_acquire: pool is not live (destroyed)");
-    if (bytes == 0) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: size is 0");
+    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_acquire: pool is not live (destroyed)");
+    if (bytes == 0) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: size is 0");
     auto b = s->pool->acquire(bytes);
-    if (!b) return mem_fail(b.error());
+    if (!b) return fail(b.error());
     lf_buffer_t bh = wrap(std::move(*b));
     if (!bh) return LF_ERR_NO_MEMORY;
     *out = bh;
@@ -292,14 +262,13 @@ LF_API lf_status_t lf_pool_acquire(lf_pool_t h, size_t bytes, lf_buffer_t *out) 
 }
 
 LF_API lf_status_t lf_pool_stats(lf_pool_t h, lf_pool_stats_t *out) {
-  return guarded([&]() -> lf_status_t {
-    if (!h) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_stats: pool is NULL");
-    if (!out) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out is NULL");
+  return guard([&]() -> lf_status_t {
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_pool_stats: pool is NULL");
+    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out is NULL");
     if (out->size < sizeof(size_t) || out->size > 4096)
-      return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out->size=%zu: initialise with LF_POOL_STATS_INIT",
-                      out->size);
+      return fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out->size=%zu: initialise with LF_POOL_STATS_INIT", out->size);
     PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return mem_fail(LF_ERR_CLOSED, "lf_pool_stats: pool is not live (destroyed)");
+    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_stats: pool is not live (destroyed)");
     const PoolStats st = s->pool->stats();
     lf_pool_stats_t c = LF_POOL_STATS_INIT;
     c.hits = st.hits;
@@ -317,10 +286,10 @@ LF_API lf_status_t lf_pool_stats(lf_pool_t h, lf_pool_stats_t *out) {
 }
 
 LF_API lf_status_t lf_pool_destroy(lf_pool_t h) {
-  return guarded([&]() -> lf_status_t {
-    if (!h) return mem_fail(LF_ERR_INVALID_ARG, "lf_pool_destroy: pool is NULL");
+  return guard([&]() -> lf_status_t {
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_pool_destroy: pool is NULL");
     PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return mem_fail(LF_ERR_CLOSED, "lf_pool_destroy: pool is not live (destroyed twice?)");
+    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_destroy: pool is not live (destroyed twice?)");
     std::shared_ptr<Pool> p = std::move(s->pool);
     pools().release(h);
     p.reset();  // the last reference destroys the pool; its buffers in use stay valid

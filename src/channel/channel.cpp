@@ -15,8 +15,8 @@ Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const Cha
   auto ep = sel->transport->connect(ctx, peer, deadline_in(config::get_seconds("LF_CONNECT_TIMEOUT")));
   if (!ep) {
     Error e = ep.error();
-    e.message = std::string("connecting to rank ") + std::to_string(peer) + " over " + sel->transport->name() +
-                ": " + e.message;
+    e.message = std::string("connecting to rank ") + std::to_string(peer) + " over " + sel->transport->name() + ": " +
+                e.message;
     return std::unexpected(e);
   }
   std::shared_ptr<Channel> ch(new Channel(ctx, peer));

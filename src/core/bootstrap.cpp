@@ -66,8 +66,8 @@ class RendezvousBootstrap final : public Bootstrap {
         }
         if (h.magic != kHelloMagic || h.size != size_ || h.rank <= 0 || h.rank >= size_ ||
             peers_[static_cast<size_t>(h.rank)]) {
-          LF_LOG(warn, "bootstrap: rejected greeting (magic %x, rank %d, size %d; expected size %d)", h.magic,
-                 h.rank, h.size, size_);
+          LF_LOG(warn, "bootstrap: rejected greeting (magic %x, rank %d, size %d; expected size %d)", h.magic, h.rank,
+                 h.size, size_);
           continue;
         }
         peers_[static_cast<size_t>(h.rank)] = std::move(*fd);

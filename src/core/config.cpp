@@ -16,8 +16,7 @@ constexpr Tunable kTunables[] = {
     {"LF_LOG_LEVEL", "warn", T::string, "Log threshold: error, warn, info, debug or trace"},
     {"LF_RANK", "", T::integer, "This process's rank when started without mpirun"},
     {"LF_SIZE", "", T::integer, "Number of ranks when started without mpirun"},
-    {"LF_BOOTSTRAP", "", T::string,
-     "Rendezvous served by rank 0: tcp://host:port or unix:/path (standalone launch)"},
+    {"LF_BOOTSTRAP", "", T::string, "Rendezvous served by rank 0: tcp://host:port or unix:/path (standalone launch)"},
     {"LF_BOOTSTRAP_TIMEOUT", "60", T::seconds, "Seconds to wait for every rank to arrive at bootstrap"},
     {"LF_BOOTSTRAP_MODE", "auto", T::string, "auto, mpi, env or single: how lf_init finds the world"},
     {"LF_LOCATION_FILE", "", T::string,
@@ -35,8 +34,7 @@ constexpr Tunable kTunables[] = {
     {"LF_CUDA_LIBRARY", "", T::string,
      "CUDA runtime to dlopen; empty = libcudart.so, libcudart.so.13, libcudart.so.12"},
     // channels
-    {"LF_TRANSPORTS", "", T::string,
-     "Transports to allow, comma separated (shm,tcp); ^name excludes; empty = all"},
+    {"LF_TRANSPORTS", "", T::string, "Transports to allow, comma separated (shm,tcp); ^name excludes; empty = all"},
     {"LF_STRICT", "0", T::boolean, "Fail instead of falling back to a lesser transport or memory kind"},
     {"LF_CONNECT_TIMEOUT", "30", T::seconds, "Seconds lf_channel_open waits for the peer"},
     {"LF_SPIN_COUNT", "20000", T::integer, "Polls in a blocking wait before the waiter sleeps"},
@@ -48,11 +46,13 @@ constexpr Tunable kTunables[] = {
      "shm: per direction bytes of the fifo that carries eager payloads and pipelined chunks (power of two)"},
     {"LF_SHM_EAGER_LIMIT", "16K", T::bytes,
      "shm: messages up to this size are copied into the fifo at once (above: pipelined or CMA)"},
-    {"LF_SHM_CHUNK", "128K", T::bytes, "shm: chunk of a pipelined copy (sender copies one while the receiver copies another)"},
+    {"LF_SHM_CHUNK", "128K", T::bytes,
+     "shm: chunk of a pipelined copy (sender copies one while the receiver copies another)"},
     {"LF_SHM_CMA_THRESHOLD", "0", T::bytes,
      "shm: messages of at least this size are read by the receiver with process_vm_readv (single copy); 0 = never"},
     {"LF_SHM_UNEXPECTED_MAX", "64M", T::bytes,
-     "shm: bytes of unexpected messages copied out of a channel's ring; beyond it the ring stops draining (backpressure)"},
+     "shm: bytes of unexpected messages copied out of a channel's ring; beyond it the ring stops draining "
+     "(backpressure)"},
     {"LF_SHM_HOLD_US", "50", T::integer,
      "shm: microseconds a message stays in the ring when no receive at all is posted, before it is copied out as "
      "unexpected (a receive posted meanwhile takes it with one copy); 0 = copy out at once"},
@@ -105,9 +105,12 @@ bool parse_int(const std::string &s, int64_t &out) {
   int64_t mul = 1;
   if (*end) {
     switch (*end) {
-      case 'k': case 'K': mul = 1LL << 10; break;
-      case 'm': case 'M': mul = 1LL << 20; break;
-      case 'g': case 'G': mul = 1LL << 30; break;
+      case 'k':
+      case 'K': mul = 1LL << 10; break;
+      case 'm':
+      case 'M': mul = 1LL << 20; break;
+      case 'g':
+      case 'G': mul = 1LL << 30; break;
       default: return false;
     }
     if (end[1] && std::strcmp(end + 1, "iB") != 0 && std::strcmp(end + 1, "B") != 0) return false;

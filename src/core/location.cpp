@@ -1,8 +1,8 @@
 #include "core/location.hpp"
 
+#include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
-#include <arpa/inet.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,7 +20,7 @@ using json = nlohmann::json;
 
 namespace {
 uint64_t ns_inode(const char *which) {
-  struct stat st{};
+  struct stat st {};
   std::string path = std::string("/proc/self/ns/") + which;
   if (::stat(path.c_str(), &st) != 0) return 0;
   return static_cast<uint64_t>(st.st_ino);
@@ -122,9 +122,9 @@ Status ProcessLocation::apply_json(const std::string &text) {
 }
 
 std::string ProcessLocation::to_json() const {
-  json j = {{"hostname", hostname}, {"boot_id", boot_id}, {"ipc_ns", ipc_ns},   {"mnt_ns", mnt_ns},
-            {"net_ns", net_ns},     {"pid_ns", pid_ns},   {"pid", pid},         {"uid", uid},
-            {"numa_node", numa_node}, {"cpuset", cpuset}, {"gpus", gpus},       {"addresses", addresses}};
+  json j = {{"hostname", hostname},   {"boot_id", boot_id}, {"ipc_ns", ipc_ns}, {"mnt_ns", mnt_ns},
+            {"net_ns", net_ns},       {"pid_ns", pid_ns},   {"pid", pid},       {"uid", uid},
+            {"numa_node", numa_node}, {"cpuset", cpuset},   {"gpus", gpus},     {"addresses", addresses}};
   return j.dump();
 }
 

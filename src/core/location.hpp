@@ -15,17 +15,17 @@ namespace lf {
 
 struct ProcessLocation {
   std::string hostname;
-  std::string boot_id;   ///< /proc/sys/kernel/random/boot_id: one per kernel boot.
-  uint64_t ipc_ns = 0;   ///< Inode of /proc/self/ns/ipc.
-  uint64_t mnt_ns = 0;   ///< Inode of /proc/self/ns/mnt (filesystem sockets, /dev/shm).
-  uint64_t net_ns = 0;   ///< Inode of /proc/self/ns/net (abstract Unix sockets, loopback).
-  uint64_t pid_ns = 0;   ///< Inode of /proc/self/ns/pid (pids are only comparable within one).
+  std::string boot_id;  ///< /proc/sys/kernel/random/boot_id: one per kernel boot.
+  uint64_t ipc_ns = 0;  ///< Inode of /proc/self/ns/ipc.
+  uint64_t mnt_ns = 0;  ///< Inode of /proc/self/ns/mnt (filesystem sockets, /dev/shm).
+  uint64_t net_ns = 0;  ///< Inode of /proc/self/ns/net (abstract Unix sockets, loopback).
+  uint64_t pid_ns = 0;  ///< Inode of /proc/self/ns/pid (pids are only comparable within one).
   int64_t pid = 0;
   uint32_t uid = 0;
-  int numa_node = -1;            ///< Node of the CPU the process started on, -1 if unknown.
-  std::string cpuset;            ///< Allowed CPUs as a list, e.g. "0-3,8".
-  std::vector<std::string> gpus; ///< PCI bus ids of GPUs visible to the process.
-  std::vector<std::string> addresses; ///< Non-loopback IPv4 addresses of this host (TCP endpoints).
+  int numa_node = -1;                  ///< Node of the CPU the process started on, -1 if unknown.
+  std::string cpuset;                  ///< Allowed CPUs as a list, e.g. "0-3,8".
+  std::vector<std::string> gpus;       ///< PCI bus ids of GPUs visible to the process.
+  std::vector<std::string> addresses;  ///< Non-loopback IPv4 addresses of this host (TCP endpoints).
 
   /// Detect the calling process's location, then apply LF_LOCATION_FILE if set.
   static Result<ProcessLocation> detect();

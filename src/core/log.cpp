@@ -30,8 +30,8 @@ bool log_enabled(LogLevel level) noexcept { return level <= log_level(); }
 void log(LogLevel level, const char *fmt, ...) noexcept {
   static const char *tags[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
   char line[1024];
-  int n = std::snprintf(line, sizeof line, "[lavaflow %d %s] ", static_cast<int>(getpid()),
-                        tags[static_cast<int>(level)]);
+  int n =
+      std::snprintf(line, sizeof line, "[lavaflow %d %s] ", static_cast<int>(getpid()), tags[static_cast<int>(level)]);
   va_list ap;
   va_start(ap, fmt);
   std::vsnprintf(line + n, sizeof line - static_cast<size_t>(n) - 1, fmt, ap);

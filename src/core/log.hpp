@@ -12,7 +12,7 @@ void log(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(pr
 
 }  // namespace lf
 
-#define LF_LOG(level, ...)                                     \
-  do {                                                         \
+#define LF_LOG(level, ...)                                                                       \
+  do {                                                                                           \
     if (::lf::log_enabled(::lf::LogLevel::level)) ::lf::log(::lf::LogLevel::level, __VA_ARGS__); \
   } while (0)

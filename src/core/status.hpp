@@ -38,15 +38,14 @@ Error sys_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 
 /// Run a POSIX call that returns -1 and sets errno; retries EINTR. On failure
 /// returns an lf::Error naming the call, file and line from the enclosing
 /// function (which must return lf::Result<...>).
-#define LF_POSIX_CHECK(expr)                                                            \
-  ({                                                                                    \
-    long lf_rc_;                                                                        \
-    do {                                                                                \
-      lf_rc_ = (long)(expr);                                                            \
-    } while (lf_rc_ == -1 && errno == EINTR);                                           \
-    if (lf_rc_ == -1)                                                                   \
-      return std::unexpected(::lf::sys_error(errno, "%s (%s:%d)", #expr, __FILE__, __LINE__)); \
-    lf_rc_;                                                                             \
+#define LF_POSIX_CHECK(expr)                                                                                   \
+  ({                                                                                                           \
+    long lf_rc_;                                                                                               \
+    do {                                                                                                       \
+      lf_rc_ = (long)(expr);                                                                                   \
+    } while (lf_rc_ == -1 && errno == EINTR);                                                                  \
+    if (lf_rc_ == -1) return std::unexpected(::lf::sys_error(errno, "%s (%s:%d)", #expr, __FILE__, __LINE__)); \
+    lf_rc_;                                                                                                    \
   })
 
 /// Thread-local detail for lf_last_error().

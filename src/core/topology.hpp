@@ -9,13 +9,13 @@ namespace lf {
 
 struct NumaNodeInfo {
   int os_index = 0;
-  std::string cpus;       ///< CPU list, e.g. "0-15".
+  std::string cpus;  ///< CPU list, e.g. "0-15".
   uint64_t memory_bytes = 0;
 };
 
 struct GpuInfo {
-  std::string pci_bus_id; ///< "0000:3b:00.0"
-  std::string vendor;     ///< "NVIDIA", "AMD", "Intel" or the PCI vendor id
+  std::string pci_bus_id;  ///< "0000:3b:00.0"
+  std::string vendor;      ///< "NVIDIA", "AMD", "Intel" or the PCI vendor id
   std::string name;
 };
 
@@ -23,7 +23,7 @@ struct Topology {
   int cpus = 0;
   std::vector<NumaNodeInfo> numa_nodes;
   std::vector<GpuInfo> gpus;
-  std::string source;     ///< "hwloc 2.9.0" or "sysfs"
+  std::string source;  ///< "hwloc 2.9.0" or "sysfs"
 
   /// Detected once per process and cached.
   static const Topology &get();

@@ -73,7 +73,8 @@ struct ExportHandle {
   std::string cuda_ipc_handle;     ///< cudaIpcMemHandle_t bytes for legacy CUDA IPC.
   uint8_t driver_uuid[16] = {};    ///< Vulkan driver identity (OPAQUE_FD import requires a match).
   bool dedicated = false;          ///< Vulkan: allocated as a dedicated allocation (import must be too).
-  uint64_t segment_id = 0;         ///< host_shared: SharedRef::segment_id of the memfd; device kinds: unique id of the exported allocation.
+  uint64_t segment_id =
+      0;  ///< host_shared: SharedRef::segment_id of the memfd; device kinds: unique id of the exported allocation.
 };
 
 class Pool;

@@ -51,8 +51,7 @@ Error vk_error(VkResult r, const char *call, const char *file, int line) {
   return make_error(code, "%s: %s (%d) (%s:%d)", call, result_name(r), static_cast<int>(r), file, line);
 }
 
-namespace {
-bool has_extension(VkPhysicalDevice pd, const char *ext) {
+bool has_device_extension(VkPhysicalDevice pd, const char *ext) {
   uint32_t n = 0;
   if (vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr) != VK_SUCCESS) return false;
   std::vector<VkExtensionProperties> exts(n);
@@ -61,7 +60,6 @@ bool has_extension(VkPhysicalDevice pd, const char *ext) {
     if (std::strcmp(e.extensionName, ext) == 0) return true;
   return false;
 }
-}  // namespace
 
 Result<std::shared_ptr<Device>> Device::create(int index) {
   if (index < 0) return LF_FAIL(LF_ERR_INVALID_ARG, "Vulkan device index %d", index);
@@ -101,7 +99,7 @@ Result<std::shared_ptr<Device>> Device::create(int index) {
   d->max_alloc_ = m3.maxMemoryAllocationSize;
   vkGetPhysicalDeviceMemoryProperties(d->physical_, &d->mem_props_);
 
-  if (!has_extension(d->physical_, VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME))
+  if (!has_device_extension(d->physical_, VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME))
     return LF_FAIL(LF_ERR_UNAVAILABLE, "Vulkan device %d (%s) lacks %s", index, d->name_.c_str(),
                    VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME);
 

@@ -48,6 +48,9 @@ struct ExternalSupport {
   bool dedicated_only = false;  ///< Such memory must be a dedicated allocation.
 };
 
+/// Whether physical device `pd` offers device extension `ext`.
+bool has_device_extension(VkPhysicalDevice pd, const char *ext);
+
 class Device {
  public:
   /// Usage of every buffer the memory layer creates (copies and compute).

@@ -49,7 +49,11 @@ void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept
   }
   size_t len = n <= op.capacity ? n : op.capacity;
   if (len) std::memcpy(op.data, src, len);
-  op.bytes = len;
+  complete_length(op, n);
+}
+
+void complete_length(RecvOp &op, size_t n) noexcept {
+  op.bytes = n <= op.capacity ? n : op.capacity;
   if (n > op.capacity) {
     try {
       op.error = "message of " + std::to_string(n) + " bytes truncated to the receive capacity of " +
@@ -62,8 +66,7 @@ void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept
   complete_status(op.status, LF_OK);
 }
 
-EagerIncoming::EagerIncoming(uint64_t tag, const void *data, size_t n)
-    : Incoming(tag, n), copy_(new char[n ? n : 1]) {
+EagerIncoming::EagerIncoming(uint64_t tag, const void *data, size_t n) : Incoming(tag, n), copy_(new char[n ? n : 1]) {
   if (n) std::memcpy(copy_.get(), data, n);
 }
 

@@ -17,9 +17,7 @@ struct TransportFilter {
   static TransportFilter parse(const std::string &text);
   /// The filter set by the LF_TRANSPORTS environment variable.
   static TransportFilter from_environment();
-  bool permits(const std::string &name) const {
-    return !deny.count(name) && (allow.empty() || allow.count(name));
-  }
+  bool permits(const std::string &name) const { return !deny.count(name) && (allow.empty() || allow.count(name)); }
 };
 
 }  // namespace lf

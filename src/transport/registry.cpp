@@ -28,7 +28,8 @@ std::vector<std::unique_ptr<Transport>> make_transports() {
 #if LAVAFLOW_HAVE_MPI
   t.push_back(make_mpi_transport());
 #endif
-  std::stable_sort(t.begin(), t.end(), [](const auto &a, const auto &b) { return a->caps().priority > b->caps().priority; });
+  std::stable_sort(t.begin(), t.end(),
+                   [](const auto &a, const auto &b) { return a->caps().priority > b->caps().priority; });
   return t;
 }
 

@@ -34,8 +34,8 @@
 
 #include "core/net.hpp"
 #include "core/status.hpp"
-#include "transport/world.hpp"
 #include "memory/buffer.hpp"
+#include "transport/world.hpp"
 
 namespace lf {
 
@@ -79,6 +79,10 @@ inline void complete_status(lf_status_t &status, lf_status_t value) noexcept {
 /// bytes (LF_ERR_TRUNCATED if n > capacity) or, for a buffer receive,
 /// allocates a host buffer of n bytes and copies into it. Completes the op.
 void complete_copy(RecvOp &op, uint64_t tag, const void *src, size_t n) noexcept;
+
+/// Complete `op` once min(n, capacity) bytes of an n-byte message are in
+/// place: sets the byte count, and LF_ERR_TRUNCATED if n > capacity.
+void complete_length(RecvOp &op, size_t n) noexcept;
 
 /// Complete `op` with an error (status < 0) and its detail.
 void fail_op(SendOp &op, const Error &e) noexcept;
@@ -141,13 +145,13 @@ class Endpoint {
 
 /// What a transport can do. Selection reads only these.
 struct TransportCaps {
-  bool self = false;     ///< Serves a rank talking to itself.
-  bool local = false;    ///< Serves LOCAL scope.
-  bool remote = false;   ///< Serves REMOTE scope.
+  bool self = false;          ///< Serves a rank talking to itself.
+  bool local = false;         ///< Serves LOCAL scope.
+  bool remote = false;        ///< Serves REMOTE scope.
   uint32_t memory_kinds = 0;  ///< Bit (1 << MemoryKind) for each kind it moves natively.
   bool zero_copy = false;     ///< Delivers shared buffers by descriptor.
   size_t max_message = SIZE_MAX;
-  int priority = 0;           ///< Among transports that fit, the highest wins.
+  int priority = 0;  ///< Among transports that fit, the highest wins.
 };
 
 constexpr uint32_t kind_bit(MemoryKind k) noexcept { return 1u << static_cast<int>(k); }

@@ -57,15 +57,6 @@ std::set<std::string> split(const std::string &list) {
 }
 
 #if LAVAFLOW_HAVE_VULKAN
-bool has_extension(VkPhysicalDevice pd, const char *ext) {
-  uint32_t n = 0;
-  if (vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr) != VK_SUCCESS) return false;
-  std::vector<VkExtensionProperties> exts(n);
-  if (vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, exts.data()) != VK_SUCCESS) return false;
-  for (const auto &e : exts)
-    if (std::strcmp(e.extensionName, ext) == 0) return true;
-  return false;
-}
 
 Result<std::string> vulkan_identity() {
   // A throwaway instance: enumerating physical devices needs no logical
@@ -89,7 +80,7 @@ Result<std::string> vulkan_identity() {
     vkGetPhysicalDeviceProperties2(pds[i], &p2);
     // The same qualification as lf::vk::Device::create: 1.1 and OPAQUE_FD.
     if (p2.properties.apiVersion < VK_API_VERSION_1_1 ||
-        !has_extension(pds[i], VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME))
+        !vk::has_device_extension(pds[i], VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME))
       continue;
     if (!ids.empty()) ids += ",";
     ids += hex(idp.deviceUUID, VK_UUID_SIZE) + "/" + hex(idp.driverUUID, VK_UUID_SIZE);
@@ -426,17 +417,7 @@ void deliver_view(RecvOp &op, uint64_t tag, BufferPtr view) noexcept {
   }
   const size_t len = std::min(n, op.capacity);
   if (auto st = buffer_read(*view, 0, op.data, len); !st) return fail_op(op, st.error());
-  op.bytes = len;
-  if (n > op.capacity) {
-    try {
-      op.error = "message of " + std::to_string(n) + " bytes truncated to the receive capacity of " +
-                 std::to_string(op.capacity);
-    } catch (...) {
-    }
-    complete_status(op.status, LF_ERR_TRUNCATED);
-    return;
-  }
-  complete_status(op.status, LF_OK);
+  complete_length(op, n);
 }
 
 }  // namespace lf::gpu_ipc

@@ -4,8 +4,8 @@
 // lf_isend_buffer move whole to the receiver without a copy.
 #include <deque>
 
-#include "transport/world.hpp"
 #include "transport/transport.hpp"
+#include "transport/world.hpp"
 
 namespace lf {
 

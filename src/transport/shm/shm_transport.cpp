@@ -34,10 +34,10 @@
 
 #include "core/config.hpp"
 #include "core/log.hpp"
+#include "transport/filter.hpp"
 #include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_endpoint.hpp"
 #include "transport/shm/shm_protocol.hpp"
-#include "transport/filter.hpp"
 #include "transport/transport.hpp"
 #include "transport/world.hpp"
 
@@ -111,7 +111,8 @@ class ShmTransport final : public Transport {
       return std::string("lavaflow was built without Vulkan (LAVAFLOW_WITH_VULKAN)");
     if (api_ == static_cast<int>(gpu_ipc::Api::cuda) && !LAVAFLOW_HAVE_CUDA)
       return std::string("lavaflow was built without CUDA (LAVAFLOW_WITH_CUDA)");
-    if (api_ != 0 && !TransportFilter::from_environment().permits(name())) return std::string("not started: LF_TRANSPORTS excludes it");
+    if (api_ != 0 && !TransportFilter::from_environment().permits(name()))
+      return std::string("not started: LF_TRANSPORTS excludes it");
     if (api_ != 0 && !identity()) return identity().error().message;
     return std::nullopt;
   }

@@ -1,0 +1,35 @@
+// How every C entry point reports failure: a status code plus the thread's
+// lf_last_error() text, and no exception ever crossing the C boundary.
+#pragma once
+
+#include <lavaflow/lavaflow.h>
+
+#include <exception>
+#include <new>
+
+#include "core/status.hpp"
+
+namespace lf::capi {
+
+/// Record `e` as the thread's last error and return its code.
+inline lf_status_t fail(const Error &e) noexcept {
+  set_last_error(e);
+  return e.code;
+}
+lf_status_t fail(lf_status_t code, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+/// Run `body` (returning lf_status_t), converting exceptions to statuses.
+template <typename F>
+lf_status_t guard(F &&body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc &) {
+    return fail(LF_ERR_NO_MEMORY, "out of memory");
+  } catch (const std::exception &e) {
+    return fail(LF_ERR_INTERNAL, "unexpected exception: %s", e.what());
+  } catch (...) {
+    return fail(LF_ERR_INTERNAL, "unexpected exception");
+  }
+}
+
+}  // namespace lf::capi
