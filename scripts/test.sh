@@ -39,8 +39,8 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON 
 cmake --build build-asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0:allocator_may_return_null=1 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ctest --test-dir build-asan --output-on-failure -j 2 -L 'core|memory|channel' -LE 'stress|mpi'
 
-echo "=== ThreadSanitizer build: tests labelled tsan"
+echo "=== ThreadSanitizer build: channel tests and tests labelled tsan"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON -DLAVAFLOW_SANITIZE=thread \
   -DLAVAFLOW_BUILD_BENCH=OFF -DLAVAFLOW_BUILD_EXAMPLES=OFF -DLAVAFLOW_WITH_CUDA=OFF -DLAVAFLOW_WITH_MPI=OFF >/dev/null
 cmake --build build-tsan -j "$JOBS"
-TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -j 2 -L tsan
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -j 2 -L 'tsan|channel' -LE stress
