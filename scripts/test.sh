@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds with warnings as errors,
-# and runs every test with ctest; then runs the memory/channel tests again
-# under AddressSanitizer and the threaded ones under ThreadSanitizer.
+# and runs every test with ctest; then runs the core/memory/channel tests again
+# under AddressSanitizer, the channel and threaded ones under ThreadSanitizer,
+# and everything in a build with every optional dependency OFF.
 #
 #   scripts/test.sh            everything (what CI runs)
 #   scripts/test.sh --quick    main build only, no sanitizer builds, no stress label
@@ -44,3 +45,11 @@ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLAVAFLOW_WERROR=ON 
   -DLAVAFLOW_BUILD_BENCH=OFF -DLAVAFLOW_BUILD_EXAMPLES=OFF -DLAVAFLOW_WITH_CUDA=OFF -DLAVAFLOW_WITH_MPI=OFF >/dev/null
 cmake --build build-tsan -j "$JOBS"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -j 2 -L 'tsan|channel' -LE stress
+
+echo "=== Build with every optional dependency OFF: it must still build and pass its tests"
+OFF=()
+for dep in MPI CUDA VULKAN UCX DPDK NUMA HWLOC URING; do OFF+=(-DLAVAFLOW_WITH_$dep=OFF); done
+cmake -S . -B build-off -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAVAFLOW_WERROR=ON -DLAVAFLOW_BUILD_BENCH=OFF \
+  "${OFF[@]}" >/dev/null
+cmake --build build-off -j "$JOBS"
+ctest --test-dir build-off --output-on-failure -j 2 -LE stress
