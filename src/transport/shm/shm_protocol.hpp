@@ -57,8 +57,12 @@ enum class Kind : uint8_t {
   release = 17,     ///< control: zero-copy view of `cookie` freed
 };
 
-struct alignas(kSlotSize) Slot {
-  std::atomic<uint32_t> seq;
+/// A ring slot's layout. `Seq` is the atomic sequence word in shared memory
+/// (Slot) or a plain one in a private copy (SlotImage): one declaration, so
+/// the two can never drift apart.
+template <typename Seq>
+struct alignas(kSlotSize) SlotLayout {
+  Seq seq;
   uint8_t kind;
   uint8_t flags;
   uint16_t reserved;
@@ -69,6 +73,7 @@ struct alignas(kSlotSize) Slot {
     uint64_t words[kInlineMax / 8];
   } body;
 };
+using Slot = SlotLayout<std::atomic<uint32_t>>;
 static_assert(sizeof(Slot) == kSlotSize);
 static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<uint64_t>::is_always_lock_free);
 
@@ -86,18 +91,7 @@ inline constexpr int kOffset = 3;   // zero_copy: offset in the segment
 inline constexpr int kStatus = 2;   // ack: lf_status_t of the read (as int64)
 
 /// Private copy of a slot (no atomics: it is ours alone).
-struct SlotImage {
-  uint32_t seq;
-  uint8_t kind;
-  uint8_t flags;
-  uint16_t reserved;
-  uint64_t tag;
-  uint64_t size;
-  union {
-    unsigned char bytes[kInlineMax];
-    uint64_t words[kInlineMax / 8];
-  } body;
-};
+using SlotImage = SlotLayout<uint32_t>;
 static_assert(sizeof(SlotImage) == kSlotSize);
 
 /// Per-direction control block. The consumer owns the first line, the
