@@ -956,6 +956,14 @@ class MpiEndpoint final : public Endpoint {
       if (st && fit < e.size) st = start_pipeline(*x, false, device, dst, cap, fit, e.size, e.chunk);
     }
     if (st) {
+      // The payload's request usually reached MPI before its envelope was
+      // handled, and MPI moves it within MPI_Irecv (shared memory: one copy
+      // by this process): complete now rather than on the next pass.
+      auto finished = advance(*x);
+      if (finished && *finished) return recycle(std::move(x));
+      if (!finished) st = std::unexpected(finished.error());
+    }
+    if (st) {
       try {
         transfers_.push_back(std::move(x));
         return;
