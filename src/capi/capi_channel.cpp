@@ -13,7 +13,9 @@ namespace {
 // size_t), not a message: refuse it before any transport sees it.
 constexpr size_t kMaxMessage = size_t(1) << 46;
 
-Channel *channel_of(lf_channel_t h, lf_status_t &code) noexcept {
+// The live slot behind `h`: one table lookup per call, whose result the
+// caller keeps (its `ch` is never null).
+ChannelSlot *slot_of(lf_channel_t h, lf_status_t &code) noexcept {
   if (!h) {
     code = fail(LF_ERR_INVALID_ARG, "channel is NULL");
     return nullptr;
@@ -23,13 +25,18 @@ Channel *channel_of(lf_channel_t h, lf_status_t &code) noexcept {
     code = fail(LF_ERR_CLOSED, "channel is not valid (closed or never opened)");
     return nullptr;
   }
-  return s->ch.get();
+  return s;
+}
+
+Channel *channel_of(lf_channel_t h, lf_status_t &code) noexcept {
+  ChannelSlot *s = slot_of(h, code);
+  return s ? s->ch.get() : nullptr;
 }
 
 // Argument checks shared by the non-blocking and blocking calls.
-Channel *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_status_t &code) noexcept {
-  Channel *ch = channel_of(h, code);
-  if (!ch) return nullptr;
+ChannelSlot *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_status_t &code) noexcept {
+  ChannelSlot *cs = slot_of(h, code);
+  if (!cs) return nullptr;
   if (!data && bytes)
     code = fail(LF_ERR_INVALID_ARG, "send: data is NULL for a %zu-byte message", bytes);
   else if (bytes > kMaxMessage)
@@ -37,19 +44,19 @@ Channel *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t ta
   else if (tag == LF_ANY_TAG)
     code = fail(LF_ERR_INVALID_ARG, "send: LF_ANY_TAG is for receives only");
   else
-    return ch;
+    return cs;
   return nullptr;
 }
 
-Channel *recv_target(lf_channel_t h, void *data, size_t capacity, lf_status_t &code) noexcept {
-  Channel *ch = channel_of(h, code);
-  if (!ch) return nullptr;
+ChannelSlot *recv_target(lf_channel_t h, void *data, size_t capacity, lf_status_t &code) noexcept {
+  ChannelSlot *cs = slot_of(h, code);
+  if (!cs) return nullptr;
   if (!data && capacity)
     code = fail(LF_ERR_INVALID_ARG, "receive: data is NULL with capacity %zu", capacity);
   else if (capacity > kMaxMessage)
     code = fail(LF_ERR_INVALID_ARG, "receive: capacity %zu is not a plausible size", capacity);
   else
-    return ch;
+    return cs;
   return nullptr;
 }
 
@@ -63,12 +70,11 @@ RequestSlot *request_of(lf_request_t h, lf_status_t &code) noexcept {
   return r;
 }
 
-// Take a request slot bound to `h`'s channel.
-lf_status_t new_request(lf_channel_t h, bool is_send, RequestSlot *&slot, lf_request_t &handle) {
-  ChannelSlot *cs = channels().get(h);
+// Take a request slot bound to `cs`'s channel.
+lf_status_t new_request(const ChannelSlot &cs, bool is_send, RequestSlot *&slot, lf_request_t &handle) {
   auto [id, r] = requests().acquire();
   if (!r) return fail(LF_ERR_NO_MEMORY, "no free request handle");
-  r->ch = cs->ch;
+  r->ch = cs.ch;
   r->is_send = is_send;
   r->send = SendOp{};
   r->recv = RecvOp{};
@@ -130,9 +136,8 @@ LF_API lf_status_t lf_channel_open(lf_context_t ctx, int peer, lf_channel_t *out
 LF_API lf_status_t lf_channel_close(lf_channel_t h) {
   return guard([&]() -> lf_status_t {
     lf_status_t code = LF_OK;
-    Channel *ch = channel_of(h, code);
-    if (!ch) return code;
-    ChannelSlot *s = channels().get(h);
+    ChannelSlot *s = slot_of(h, code);
+    if (!s) return code;
     std::shared_ptr<Channel> keep = std::move(s->ch);
     channels().release(h);
     keep->close();
@@ -160,32 +165,32 @@ LF_API int lf_channel_peer(lf_channel_t h) {
 
 LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  Channel *ch = send_target(h, data, bytes, tag, code);
-  if (!ch) return code;
+  ChannelSlot *cs = send_target(h, data, bytes, tag, code);
+  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend: req is NULL");
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(h, true, r, handle)) != LF_OK) return code;
+  if ((code = new_request(*cs, true, r, handle)) != LF_OK) return code;
   r->send.tag = tag;
   r->send.data = data;
   r->send.size = bytes;
-  ch->post_send(r->send);
+  r->ch->post_send(r->send);
   *req = handle;
   return LF_OK;
 }
 
 LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  Channel *ch = recv_target(h, data, capacity, code);
-  if (!ch) return code;
+  ChannelSlot *cs = recv_target(h, data, capacity, code);
+  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv: req is NULL");
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(h, false, r, handle)) != LF_OK) return code;
+  if ((code = new_request(*cs, false, r, handle)) != LF_OK) return code;
   r->recv.tag = tag;
   r->recv.data = data;
   r->recv.capacity = capacity;
-  ch->post_recv(r->recv);
+  r->ch->post_recv(r->recv);
   *req = handle;
   return LF_OK;
 }
@@ -193,20 +198,20 @@ LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_
 LF_API lf_status_t lf_isend_buffer(lf_channel_t h, lf_buffer_t buf, uint64_t tag, lf_request_t *req) {
   return guard([&]() -> lf_status_t {
     lf_status_t code = LF_OK;
-    Channel *ch = channel_of(h, code);
-    if (!ch) return code;
+    ChannelSlot *cs = slot_of(h, code);
+    if (!cs) return code;
     if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: req is NULL");
     if (tag == LF_ANY_TAG) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: LF_ANY_TAG is for receives only");
     if (!peek(buf)) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is not a live buffer");
     RequestSlot *r;
     lf_request_t handle;
-    if ((code = new_request(h, true, r, handle)) != LF_OK) return code;
+    if ((code = new_request(*cs, true, r, handle)) != LF_OK) return code;
     BufferPtr b = unwrap_take(buf);
     r->send.tag = tag;
     r->send.data = b->data();
     r->send.size = b->size();
     r->send.buffer = std::move(b);
-    ch->post_send(r->send);
+    r->ch->post_send(r->send);
     *req = handle;
     return LF_OK;
   });
@@ -214,15 +219,15 @@ LF_API lf_status_t lf_isend_buffer(lf_channel_t h, lf_buffer_t buf, uint64_t tag
 
 LF_API lf_status_t lf_irecv_buffer(lf_channel_t h, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  Channel *ch = channel_of(h, code);
-  if (!ch) return code;
+  ChannelSlot *cs = slot_of(h, code);
+  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv_buffer: req is NULL");
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(h, false, r, handle)) != LF_OK) return code;
+  if ((code = new_request(*cs, false, r, handle)) != LF_OK) return code;
   r->recv.tag = tag;
   r->recv.want_buffer = true;
-  ch->post_recv(r->recv);
+  r->ch->post_recv(r->recv);
   *req = handle;
   return LF_OK;
 }
@@ -299,8 +304,9 @@ LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completio
 // small-message latency through the C API (docs/performance.md).
 LF_API lf_status_t lf_send(lf_channel_t h, const void *data, size_t bytes, uint64_t tag) {
   lf_status_t code = LF_OK;
-  if (!send_target(h, data, bytes, tag, code)) return code;
-  std::shared_ptr<Channel> ch = channels().get(h)->ch;  // stays alive if another thread closes it
+  ChannelSlot *cs = send_target(h, data, bytes, tag, code);
+  if (!cs) return code;
+  std::shared_ptr<Channel> ch = cs->ch;  // stays alive if another thread closes it
   SendOp op;
   op.tag = tag;
   op.data = data;
@@ -313,8 +319,9 @@ LF_API lf_status_t lf_send(lf_channel_t h, const void *data, size_t bytes, uint6
 
 LF_API lf_status_t lf_recv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, size_t *bytes) {
   lf_status_t code = LF_OK;
-  if (!recv_target(h, data, capacity, code)) return code;
-  std::shared_ptr<Channel> ch = channels().get(h)->ch;
+  ChannelSlot *cs = recv_target(h, data, capacity, code);
+  if (!cs) return code;
+  std::shared_ptr<Channel> ch = cs->ch;
   RecvOp op;
   op.tag = tag;
   op.data = data;

@@ -608,35 +608,44 @@ class MpiEndpoint final : public Endpoint {
     return static_cast<int>(send_slots_.size() - 1);
   }
 
-  void send_eager(SendOp &op, const char *src) noexcept {
+  /// Copy an envelope (eager: with its payload) into a send slot and start
+  /// sending it to the ring. When MPI refuses, the slot is free again and the
+  /// stream is broken: the peer's ring order can no longer be trusted.
+  Result<std::pair<int, MPI_Request>> post_envelope(const Envelope &e, const char *payload, size_t n) noexcept {
     auto slot = take_slot();
-    if (!slot) return fail_op(op, slot.error());
+    if (!slot) return std::unexpected(slot.error());
     char *buf = send_slots_[static_cast<size_t>(*slot)].get();
+    std::memcpy(buf, &e, kEnvSize);
+    if (n) std::memcpy(buf + kEnvSize, payload, n);
+    MPI_Request req;
+    int rc = MPI_Isend(buf, static_cast<int>(kEnvSize + n), MPI_BYTE, peer_, base_, comm_, &req);
+    if (rc != MPI_SUCCESS) {
+      free_slots_.push_back(*slot);
+      Error err = mpi_error(rc, "MPI_Isend");
+      (void)broken(err);
+      return std::unexpected(err);
+    }
+    return std::pair{*slot, req};
+  }
+
+  void send_eager(SendOp &op, const char *src) noexcept {
     Envelope e;
     e.kind = kEager;
     e.tag = op.tag;
     e.size = op.size;
-    std::memcpy(buf, &e, kEnvSize);
-    if (op.size) std::memcpy(buf + kEnvSize, src, op.size);
-    MPI_Request req;
-    int rc = MPI_Isend(buf, static_cast<int>(kEnvSize + op.size), MPI_BYTE, peer_, base_, comm_, &req);
-    if (rc != MPI_SUCCESS) {
-      free_slots_.push_back(*slot);
-      Error err = mpi_error(rc, "MPI_Isend");
-      fail_op(op, err);
-      (void)broken(err);
-      return;
-    }
+    auto sent = post_envelope(e, src, op.size);
+    if (!sent) return fail_op(op, sent.error());
+    auto [slot, req] = *sent;
     int flag = 0;
     MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
     if (flag) {
-      free_slots_.push_back(*slot);
+      free_slots_.push_back(slot);
       return complete(op, LF_OK);
     }
     try {
-      eager_out_.push_back(Out{&op, req, *slot});
+      eager_out_.push_back(Out{&op, req, slot});
     } catch (const std::bad_alloc &) {
-      t_.bury(req, std::move(send_slots_[static_cast<size_t>(*slot)]));
+      t_.bury(req, std::move(send_slots_[static_cast<size_t>(slot)]));
       complete(op, LF_OK);  // the data is MPI's now; the send completes regardless
     }
   }
@@ -646,36 +655,24 @@ class MpiEndpoint final : public Endpoint {
     next_seq_ = next_seq_ == seq_max_ ? 1 : next_seq_ + 1;
     std::unique_ptr<Transfer> x = take_transfer();
     if (!x) return fail_op(op, make_error(LF_ERR_NO_MEMORY, "mpi: no memory to start a send"));
-    auto slot = take_slot();
-    if (!slot) return fail_op(op, slot.error());
-    x->sop = &op;
-    x->size = op.size;
-    x->mpi_tag = base_ | static_cast<int>(seq);
-    x->env_slot = *slot;
     Envelope e;
     e.kind = kLarge;
     e.seq = seq;
     e.tag = op.tag;
     e.size = op.size;
     e.chunk = t_.chunk();
-    char *buf = send_slots_[static_cast<size_t>(*slot)].get();
-    std::memcpy(buf, &e, kEnvSize);
-    MPI_Request env_req;
-    int rc = MPI_Isend(buf, kEnvSize, MPI_BYTE, peer_, base_, comm_, &env_req);
-    if (rc == MPI_SUCCESS) {
-      try {
-        x->direct.push_back(env_req);  // one MPI_Testall covers envelope and payload
-      } catch (const std::bad_alloc &) {
-        t_.bury(env_req, std::move(send_slots_[static_cast<size_t>(*slot)]));
-        Error err = make_error(LF_ERR_NO_MEMORY, "mpi: no memory to track a send");
-        fail_op(op, err);
-        (void)broken(err);
-        return;
-      }
-    }
-    if (rc != MPI_SUCCESS) {
-      free_slots_.push_back(*slot);
-      Error err = mpi_error(rc, "MPI_Isend");
+    auto sent = post_envelope(e, nullptr, 0);
+    if (!sent) return fail_op(op, sent.error());
+    auto [slot, env_req] = *sent;
+    x->sop = &op;
+    x->size = op.size;
+    x->mpi_tag = base_ | static_cast<int>(seq);
+    x->env_slot = slot;
+    try {
+      x->direct.push_back(env_req);  // one MPI_Testall covers envelope and payload
+    } catch (const std::bad_alloc &) {
+      t_.bury(env_req, std::move(send_slots_[static_cast<size_t>(slot)]));
+      Error err = make_error(LF_ERR_NO_MEMORY, "mpi: no memory to track a send");
       fail_op(op, err);
       (void)broken(err);
       return;
