@@ -68,11 +68,14 @@ constexpr Tunable kTunables[] = {
     {"LF_TCP_KEEPALIVE", "10", T::seconds,
      "Idle seconds before TCP keepalive probes notice a vanished peer host; 0 = off"},
     // mpi transport
-    {"LF_MPI_EAGER_LIMIT", "8K", T::bytes,
+    {"LF_MPI_EAGER_LIMIT", "1K", T::bytes,
      "mpi transport: messages up to this size travel with their envelope in one MPI message (one copy)"},
     {"LF_MPI_EAGER_SLOTS", "16", T::integer, "mpi transport: eager receives kept posted per channel"},
     {"LF_MPI_CHUNK", "8M", T::bytes,
      "mpi transport: largest MPI message of a payload; also the pinned staging chunk for device memory"},
+    {"LF_MPI_STREAMS", "8", T::integer,
+     "mpi transport: channels per pair of ranks that get a direct stream (one communicator each, made at start); "
+     "0 = every message goes through the envelope ring"},
     {"LF_MPI_CUDA", "auto", T::string,
      "mpi transport and device memory: auto (MPIX_Query_cuda_support), on (pass device pointers), off (stage)"},
 };

@@ -52,8 +52,8 @@ TEST_F(MpiTransport, RemoteScopeSelectsMpi) {
 }
 
 TEST_F(MpiTransport, SizesAcrossProtocolsArriveIntact) {
-  // Around the eager limit (8 KiB), the chunk size (8 MiB) and beyond.
-  const size_t sizes[] = {0, 1, 8, 8192, 8193, 65536, (8u << 20) - 1, 8u << 20, (8u << 20) + 3, 20u << 20};
+  // Around the eager limit (1 KiB), the chunk size (8 MiB) and beyond.
+  const size_t sizes[] = {0, 1, 8, 1024, 1025, 8192, 65536, (8u << 20) - 1, 8u << 20, (8u << 20) + 3, 20u << 20};
   for (size_t n : sizes) {
     SCOPED_TRACE(n);
     auto want = pattern(n, static_cast<int>(n % 1000));
@@ -152,6 +152,76 @@ TEST_F(MpiTransport, TagsMatchInOrderAndAnyTagTakesTheEarliest) {
   }
 }
 
+// The sender moves between the ring and the direct stream as sizes and tags
+// change (a large message goes direct, a run of small ones returns to the
+// ring, a tag beyond MPI_TAG_UB always takes the ring). Whatever the stream,
+// messages must come out in the order they were sent, both when the
+// receives are waiting and when the messages arrive first.
+TEST_F(MpiTransport, MessagesKeepTheirOrderAcrossStreamSwitches) {
+  struct Msg {
+    size_t n;
+    uint64_t tag;
+  };
+  std::vector<Msg> seq = {{8, 1}, {65536, 2}, {8, 3}, {100000, 4}, {0, 5}, {3 << 20, 6}};
+  for (int i = 0; i < 12; ++i) seq.push_back({16, 7});  // back to the ring
+  seq.push_back({200000, 8});
+  seq.push_back({70000, 0x8000000000000001ull});  // no MPI tag for it: ring
+  seq.push_back({70000, 9});
+  seq.push_back({5, 0xffffffffffffff00ull});
+  seq.push_back({65536, 10});
+  std::vector<std::vector<char>> data;
+  for (size_t i = 0; i < seq.size(); ++i) data.push_back(pattern(seq[i].n, static_cast<int>(i) + 100));
+  for (bool receives_first : {true, false}) {
+    SCOPED_TRACE(receives_first ? "receives posted first" : "messages arrive first");
+    if (g_rank == 0) {
+      std::vector<lf_request_t> r(seq.size());
+      for (size_t i = 0; i < seq.size(); ++i)
+        ASSERT_EQ(lf_isend(ch, data[i].data(), seq[i].n, seq[i].tag, &r[i]), LF_OK) << lf_last_error();
+      if (!receives_first) {
+        ASSERT_EQ(lf_barrier(g_ctx), LF_OK);
+      }
+      for (auto &q : r) ASSERT_EQ(lf_wait(q, nullptr), LF_OK) << lf_last_error();
+    } else {
+      if (!receives_first) {
+        ASSERT_EQ(lf_barrier(g_ctx), LF_OK);
+      }
+      std::vector<std::vector<char>> got(seq.size());
+      std::vector<lf_request_t> r(seq.size());
+      for (size_t i = 0; i < seq.size(); ++i) {
+        got[i].assign(seq[i].n + 8, 0);
+        ASSERT_EQ(lf_irecv(ch, got[i].data(), got[i].size(), LF_ANY_TAG, &r[i]), LF_OK);
+      }
+      for (size_t i = 0; i < seq.size(); ++i) {
+        SCOPED_TRACE(i);
+        lf_completion_t c = LF_COMPLETION_INIT;
+        ASSERT_EQ(lf_wait_completion(r[i], &c), LF_OK) << lf_last_error();
+        EXPECT_EQ(c.tag, seq[i].tag);
+        ASSERT_EQ(c.bytes, seq[i].n);
+        EXPECT_EQ(std::memcmp(got[i].data(), data[i].data(), seq[i].n), 0);
+      }
+    }
+    EXPECT_EQ(lf_barrier(g_ctx), LF_OK);
+  }
+}
+
+// A tag-specific receive posted before the others must not hold back
+// messages of other tags that wait on the direct stream.
+TEST_F(MpiTransport, DirectMessagesOfOtherTagsAreNotHeldBack) {
+  auto a = pattern(100000, 31), b = pattern(100000, 32);
+  if (g_rank == 0) {
+    lf_request_t r[2];
+    ASSERT_EQ(lf_isend(ch, a.data(), a.size(), 1, &r[0]), LF_OK);
+    ASSERT_EQ(lf_isend(ch, b.data(), b.size(), 2, &r[1]), LF_OK);
+    for (auto &q : r) ASSERT_EQ(lf_wait(q, nullptr), LF_OK);
+  } else {
+    std::vector<char> ga(a.size()), gb(b.size());
+    ASSERT_EQ(lf_recv(ch, gb.data(), gb.size(), 2, nullptr), LF_OK) << lf_last_error();
+    ASSERT_EQ(lf_recv(ch, ga.data(), ga.size(), 1, nullptr), LF_OK) << lf_last_error();
+    EXPECT_EQ(ga, a);
+    EXPECT_EQ(gb, b);
+  }
+}
+
 TEST_F(MpiTransport, TwoChannelsToOnePeerDoNotMix) {
   lf_channel_t second = nullptr;
   ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &second), LF_OK) << lf_last_error();
@@ -175,15 +245,29 @@ TEST_F(MpiTransport, TwoChannelsToOnePeerDoNotMix) {
 }
 
 TEST_F(MpiTransport, PeerClosingItsEndFailsPendingReceives) {
-  lf_channel_t extra = nullptr;
-  ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();
-  if (g_rank == 0) {
-    ASSERT_EQ(lf_channel_close(extra), LF_OK);
-  } else {
-    char buf[8];
-    EXPECT_EQ(lf_recv(extra, buf, sizeof buf, 1, nullptr), LF_ERR_PEER_GONE);
-    EXPECT_NE(std::string(lf_last_error()).find("closed its end"), std::string::npos) << lf_last_error();
-    EXPECT_EQ(lf_channel_close(extra), LF_OK);
+  // The close is announced on the stream the receiver reads: the ring, or
+  // the direct stream after a large message.
+  for (size_t first : {size_t{0}, size_t{100000}}) {
+    SCOPED_TRACE(first);
+    lf_channel_t extra = nullptr;
+    ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();
+    auto msg = pattern(first, 3);
+    if (g_rank == 0) {
+      if (first) {
+        ASSERT_EQ(lf_send(extra, msg.data(), first, 1), LF_OK) << lf_last_error();
+      }
+      ASSERT_EQ(lf_channel_close(extra), LF_OK);
+    } else {
+      if (first) {
+        std::vector<char> got(first);
+        ASSERT_EQ(lf_recv(extra, got.data(), got.size(), 1, nullptr), LF_OK) << lf_last_error();
+        EXPECT_EQ(got, msg);
+      }
+      char buf[8];
+      EXPECT_EQ(lf_recv(extra, buf, sizeof buf, 1, nullptr), LF_ERR_PEER_GONE);
+      EXPECT_NE(std::string(lf_last_error()).find("closed its end"), std::string::npos) << lf_last_error();
+      EXPECT_EQ(lf_channel_close(extra), LF_OK);
+    }
   }
 }
 

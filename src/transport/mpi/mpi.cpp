@@ -6,32 +6,61 @@
 // deliver each channel's messages in order, which MPI's non-overtaking rule
 // gives for messages between one pair of ranks on one communicator and tag.
 //
-// MPI tags. The k-th channel opened between two ranks (both ranks open them
-// in the same order) owns the tags k << seq_bits | s:
-//   s = 0                 envelopes, in send order, into a ring of receives
-//                         kept posted (LF_MPI_EAGER_SLOTS);
-//   s = 1 .. 2^seq_bits-1 the payload of one large message, in chunks of at
-//                         most LF_MPI_CHUNK bytes.
-// seq_bits is 20 when MPI_TAG_UB allows (Open MPI: 2^31 - 1), leaving 11 bits,
-// i.e. 2048 channels per pair of ranks.
+// Two streams per channel. The k-th channel opened between two ranks (both
+// ranks open them in the same order) has
+//  - the ring: tags k << seq_bits | s on that communicator, where
+//      s = 0                 envelopes, in send order, into a ring of receives
+//                            kept posted (LF_MPI_EAGER_SLOTS);
+//      s = 1 .. 2^seq_bits-1 the payload of one large message, in chunks of
+//                            at most LF_MPI_CHUNK bytes.
+//    seq_bits is 20 when MPI_TAG_UB allows (Open MPI: 2^31 - 1), leaving 11
+//    bits, i.e. 2048 channels per pair of ranks;
+//  - for k < LF_MPI_STREAMS, a direct stream: a duplicate communicator of its
+//    own (made at start, shared by all peers since a probe names its source)
+//    where a message is one MPI message with MPI tag = lavaflow tag + 1, and
+//    tag 0 carries stream markers.
 //
 // Protocols.
-//  - eager (size <= LF_MPI_EAGER_LIMIT, host memory): one MPI message holds
-//    the 32-byte envelope and the payload; the payload is copied into a send
-//    slot and out of the ring slot (two small memcpys instead of a second
-//    MPI message).
-//  - large: the envelope (tag, size, sequence number s, chunk size) goes to
-//    the ring and the payload chunks are sent at the same time straight from
-//    the caller's memory with tag s. When the envelope meets a posted
-//    receive, the chunks are received straight into the receive's memory;
-//    until then they stay inside MPI (rendezvous), so an unexpected large
-//    message costs no memory here and later messages keep flowing.
-//  - truncation: chunks beyond the receive's capacity go through one bounce
-//    buffer, and only the part that fits is kept.
+//  - eager (size <= LF_MPI_EAGER_LIMIT, host memory), ring: one MPI message
+//    holds the 32-byte envelope and the payload; the payload is copied into a
+//    send slot and out of the ring slot (two small memcpys instead of a
+//    second MPI message).
+//  - large, ring: the envelope (tag, size, sequence number s, chunk size)
+//    goes to the ring and the payload chunks are sent at the same time
+//    straight from the caller's memory with tag s. When the envelope meets a
+//    posted receive, the chunks are received straight into the receive's
+//    memory; until then they stay inside MPI (rendezvous), so an unexpected
+//    large message costs no memory here and later messages keep flowing.
+//  - direct (host memory, up to LF_MPI_CHUNK bytes, lavaflow tags below
+//    MPI_TAG_UB): the receiver finds the message with MPI_Improbe, which
+//    tells tag and size without moving the data, and MPI_Imrecv moves it
+//    straight into the receive. No envelope and no copy: a 64 KiB message
+//    costs about what it costs in raw MPI. But a poll by probe costs ~0.13 us
+//    more than a test of a posted receive, so small messages do better in
+//    the ring.
+//  - truncation: what does not fit the receive goes through a bounce buffer
+//    (ring: the chunks beyond the capacity; direct: the whole message), and
+//    only the part that fits is kept. MPI itself is never handed a receive
+//    smaller than its message: Open MPI 4.1's shared-memory rendezvous writes
+//    the whole message regardless (a 4000-byte MPI_Irecv of a 64 KiB message
+//    writes 64 KiB).
 //  - device memory: with CUDA-aware MPI (MPIX_Query_cuda_support() == 1, or
 //    LF_MPI_CUDA=on) device pointers go to MPI as they are. Otherwise chunks
 //    are staged through two pinned host buffers from the memory layer,
-//    double-buffered: the copy of one chunk overlaps the transfer of the other.
+//    double-buffered: the copy of one chunk overlaps the transfer of the
+//    other. Device sends always take the ring; a direct message bound for
+//    device memory lands in a pinned bounce buffer first.
+//
+// Stream switches. Which stream carries a message is the sender's choice,
+// made per message; the receiver polls only one of them at a time (polling
+// both would cost every small message the probe). The sender switches with a
+// marker sent as the last message on the stream it leaves (kDirect in the
+// ring, kRing on the direct stream), and the receiver moves to the other
+// stream only once it has taken the marker: messages are taken in the order
+// they were sent. The sender goes direct for a large message that qualifies,
+// and back to the ring after kSmallRun small messages in a row or for a
+// message that does not qualify. So small ping-pong stays in the ring, and
+// streams of large messages, small ones among them, stay direct.
 //
 // Threads. With MPI_THREAD_MULTIPLE the channel's own lock is enough; with
 // less, every MPI call of this transport is made under one mutex (the
@@ -64,7 +93,12 @@ namespace {
 constexpr size_t kEnvSize = 32;
 constexpr uint64_t kMaxChunk = uint64_t{1} << 30;  // MPI counts are ints
 
-enum : uint32_t { kEager = 1, kLarge = 2, kBye = 3 };
+// kDirect (ring) and kRing (direct stream): the sender's later messages
+// travel on the other stream.
+enum : uint32_t { kEager = 1, kLarge = 2, kBye = 3, kDirect = 4, kRing = 5 };
+
+/// Small messages in a row after which a direct sender returns to the ring.
+constexpr int kSmallRun = 8;
 
 struct Envelope {
   uint32_t kind = kEager;
@@ -171,6 +205,21 @@ class MpiLargeIncoming final : public Incoming {
   MpiEndpoint *ep_;
 };
 
+/// A direct-stream message taken off MPI's queue by MPI_Improbe before its
+/// receive was posted: MPI keeps it (a large one stays at the sender) until
+/// MPI_Imrecv.
+class MpiDirectIncoming final : public Incoming {
+ public:
+  MpiDirectIncoming(uint64_t tag, size_t n, MPI_Message msg, MpiEndpoint *ep) noexcept
+      : Incoming(tag, n), msg_(msg), ep_(ep) {}
+  ~MpiDirectIncoming() override;
+  void deliver(RecvOp &op) noexcept override;
+
+ private:
+  MPI_Message msg_;
+  MpiEndpoint *ep_;
+};
+
 /// Chunks of a large message that go through host bounce buffers: device
 /// memory without CUDA-aware MPI (both directions), and received chunks that
 /// do not fit the receive (truncation). Two buffers, chunks strictly in order.
@@ -206,6 +255,12 @@ struct Transfer {
   int env_slot = -1;                // send: the send slot holding the envelope (its request is direct[0])
   std::vector<MPI_Request> direct;  // the envelope (sends), then chunks straight on the caller's memory
   Pipeline pipe;
+  // A direct-stream receive that could not go straight into place (larger
+  // than the receive, or device memory): copied from here when complete.
+  BufferPtr bounce;
+  char *dst = nullptr;
+  uint64_t keep = 0;
+  bool dst_device = false;
 };
 
 class MpiTransport final : public Transport {
@@ -249,17 +304,27 @@ class MpiTransport final : public Transport {
     if (eager_limit_ > (1u << 20)) eager_limit_ = 1u << 20;
     slots_ = static_cast<int>(std::clamp<int64_t>(config::get_int("LF_MPI_EAGER_SLOTS"), 1, 1024));
     chunk_ = static_cast<uint64_t>(std::clamp<int64_t>(config::get_int("LF_MPI_CHUNK"), 4096, kMaxChunk));
+    direct_tag_max_ = static_cast<uint64_t>(tag_ub) - 1;
+    if (auto st = make_streams(); !st) return std::unexpected(st.error());
     dev_ = detect_device_support();
-    LF_LOG(info, "mpi transport: tag bits %d+%d, eager limit %llu, chunk %llu, thread level %d; device memory: %s",
-           chan_bits_, seq_bits_, (unsigned long long)eager_limit_, (unsigned long long)chunk_, b->thread_level(),
-           dev_.description.c_str());
+    LF_LOG(info,
+           "mpi transport: tag bits %d+%d, eager limit %llu, chunk %llu, %zu direct streams, thread level %d; device "
+           "memory: %s",
+           chan_bits_, seq_bits_, (unsigned long long)eager_limit_, (unsigned long long)chunk_, streams_.size(),
+           b->thread_level(), dev_.description.c_str());
     // Peers size their send protocol by our eager receive slots.
     return "mpi:eager=" + std::to_string(eager_limit_);
   }
 
   Result<std::unique_ptr<Endpoint>> connect(World &world, int peer, Deadline) override;
 
-  ~MpiTransport() override { drain_graveyard(true); }
+  ~MpiTransport() override {
+    drain_graveyard(true);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized)
+      for (MPI_Comm &c : streams_) MPI_Comm_free(&c);
+  }
 
   // For endpoints.
   std::unique_lock<std::mutex> mpi_lock() noexcept {
@@ -271,6 +336,9 @@ class MpiTransport final : public Transport {
   int slots() const noexcept { return slots_; }
   int seq_bits() const noexcept { return seq_bits_; }
   const DeviceSupport &device() const noexcept { return dev_; }
+  /// The direct stream of the k-th channel between two ranks, if it has one.
+  MPI_Comm stream(uint32_t k) const noexcept { return k < streams_.size() ? streams_[k] : MPI_COMM_NULL; }
+  uint64_t direct_tag_max() const noexcept { return direct_tag_max_; }
 
   /// Requests that must finish after their endpoint is gone, with the memory
   /// they use (MPI may still read or write it).
@@ -337,6 +405,29 @@ class MpiTransport final : public Transport {
     return d;
   }
 
+  /// Communicators for the channels' direct streams, one per channel index
+  /// (shared by all peers: a probe names its source). MPI_Comm_dup is
+  /// collective, so every rank makes the same number, agreed on first.
+  Status make_streams() {
+    int want = static_cast<int>(std::clamp<int64_t>(config::get_int("LF_MPI_STREAMS"), 0, 256));
+    int n = 0;
+    int rc = MPI_Allreduce(&want, &n, 1, MPI_INT, MPI_MIN, comm_);
+    if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Allreduce (direct streams)"));
+    for (int i = 0; i < n; ++i) {
+      MPI_Comm c = MPI_COMM_NULL;
+      rc = MPI_Comm_dup(comm_, &c);
+      if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Comm_dup (direct streams)"));
+      MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+      try {
+        streams_.push_back(c);
+      } catch (const std::bad_alloc &) {
+        MPI_Comm_free(&c);
+        return LF_FAIL(LF_ERR_NO_MEMORY, "mpi: no memory for direct streams");
+      }
+    }
+    return {};
+  }
+
   struct Grave {
     MPI_Request req;
     std::unique_ptr<char[]> mem;
@@ -345,7 +436,8 @@ class MpiTransport final : public Transport {
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool serialize_ = false;
   int seq_bits_ = 20, chan_bits_ = 11, slots_ = 16;
-  uint64_t eager_limit_ = 8192, chunk_ = 8u << 20;
+  uint64_t eager_limit_ = 1024, chunk_ = 8u << 20, direct_tag_max_ = 0;
+  std::vector<MPI_Comm> streams_;
   DeviceSupport dev_;
   std::mutex mpi_mu_;
   std::mutex grave_mu_;
@@ -357,8 +449,8 @@ class MpiTransport final : public Transport {
 
 class MpiEndpoint final : public Endpoint {
  public:
-  MpiEndpoint(MpiTransport &t, int peer, int base_tag, uint64_t peer_eager)
-      : t_(t), comm_(t.comm()), peer_(peer), base_(base_tag), seq_max_((1u << t.seq_bits()) - 1) {
+  MpiEndpoint(MpiTransport &t, int peer, int base_tag, uint64_t peer_eager, MPI_Comm stream)
+      : t_(t), comm_(t.comm()), scomm_(stream), peer_(peer), base_(base_tag), seq_max_((1u << t.seq_bits()) - 1) {
     send_eager_ = std::min(t.eager_limit(), peer_eager);
     slot_size_ = kEnvSize + t.eager_limit();
   }
@@ -393,7 +485,9 @@ class MpiEndpoint final : public Endpoint {
         MPI_Request req = MPI_REQUEST_NULL;
         if (buf) {
           std::memcpy(buf.get(), &bye, kEnvSize);
-          if (MPI_Isend(buf.get(), kEnvSize, MPI_BYTE, peer_, base_, comm_, &req) == MPI_SUCCESS)
+          // On the stream the peer reads now.
+          if (MPI_Isend(buf.get(), kEnvSize, MPI_BYTE, peer_, send_direct_ ? 0 : base_, send_direct_ ? scomm_ : comm_,
+                        &req) == MPI_SUCCESS)
             t_.bury(req, std::move(buf));
         }
       }
@@ -401,10 +495,7 @@ class MpiEndpoint final : public Endpoint {
         if (r.active) cancel(r.req);
         if (r.req != MPI_REQUEST_NULL) MPI_Request_free(&r.req);
       }
-      for (Out &o : eager_out_) {
-        fail_op(*o.op, closed);
-        t_.bury(o.req, std::move(send_slots_[static_cast<size_t>(o.slot)]));
-      }
+      drop_outs(closed);
       for (auto &x : transfers_) abandon(*x, closed);
     }
     t_.drain_graveyard(false);
@@ -424,7 +515,22 @@ class MpiEndpoint final : public Endpoint {
       device = is_device(src);
     }
     auto lock = t_.mpi_lock();
-    if (op.size <= send_eager_ && !device) return send_eager(op, src);
+    bool large = op.size > send_eager_ || device;
+    bool direct_ok = scomm_ != MPI_COMM_NULL && !device && op.size <= t_.chunk() && op.tag <= t_.direct_tag_max();
+    if (send_direct_) {
+      if (direct_ok && (large || small_run_ + 1 < kSmallRun)) {
+        small_run_ = large ? 0 : small_run_ + 1;
+        return send_direct(op, src);
+      }
+      if (auto st = post_control(kRing); !st) return fail_op(op, st.error());
+      send_direct_ = false;
+    } else if (direct_ok && large) {
+      if (auto st = post_control(kDirect); !st) return fail_op(op, st.error());
+      send_direct_ = true;
+      small_run_ = 0;
+      return send_direct(op, src);
+    }
+    if (!large) return send_eager(op, src);
     send_large(op, src, device);
   }
 
@@ -432,40 +538,36 @@ class MpiEndpoint final : public Endpoint {
     if (broken_) return std::unexpected(*broken_);
     auto lock = t_.mpi_lock();
     // Sends first: their completion frees slots and lets the peer go on.
-    for (size_t i = 0; i < eager_out_.size();) {
-      int flag = 0;
-      int rc = MPI_Test(&eager_out_[i].req, &flag, MPI_STATUS_IGNORE);
-      if (rc != MPI_SUCCESS) return broken(mpi_error(rc, "MPI_Test (send)"));
-      if (!flag) {
-        ++i;
-        continue;
+    // One MPI_Testsome for all of them: an MPI_Test each would run MPI's
+    // progress engine once per send still in flight.
+    if (!out_.empty()) {
+      int done = 0;
+      out_done_.resize(out_.size());  // within the capacity finish_or_keep() reserved
+      int rc =
+          MPI_Testsome(static_cast<int>(out_.size()), out_reqs_.data(), &done, out_done_.data(), MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) return broken(mpi_error(rc, "MPI_Testsome (sends)"));
+      if (done > 0) {
+        for (int k = 0; k < done; ++k) {
+          Out &o = out_[static_cast<size_t>(out_done_[static_cast<size_t>(k)])];
+          if (o.slot >= 0) free_slots_.push_back(o.slot);
+          if (o.op) complete(*o.op, LF_OK);
+        }
+        // Completed requests are MPI_REQUEST_NULL now: close the gaps.
+        size_t j = 0;
+        for (size_t i = 0; i < out_.size(); ++i)
+          if (out_reqs_[i] != MPI_REQUEST_NULL) {
+            out_[j] = out_[i];
+            out_reqs_[j++] = out_reqs_[i];
+          }
+        out_.resize(j);
+        out_reqs_.resize(j);
       }
-      free_slots_.push_back(eager_out_[i].slot);
-      complete(*eager_out_[i].op, LF_OK);
-      eager_out_.erase(eager_out_.begin() + static_cast<long>(i));
     }
-    // Envelopes, strictly in ring order (the order MPI matched them in).
+    // Messages in the order they were sent, from the stream the peer is on.
     for (;;) {
-      Ring &r = ring_[head_];
-      int flag = 0;
-      MPI_Status status{};
-      int rc = MPI_Test(&r.req, &flag, &status);
-      if (rc != MPI_SUCCESS) {
-        r.active = false;  // completed, with an error
-        if (rc == MPI_ERR_TRUNCATE || status.MPI_ERROR == MPI_ERR_TRUNCATE)
-          return broken(make_error(LF_ERR_PROTOCOL, "rank %d sent an envelope larger than this rank's slots", peer_));
-        return broken(mpi_error(rc, "MPI_Test (envelope)"));
-      }
-      if (!flag) break;
-      r.active = false;
-      int count = 0;
-      MPI_Get_count(&status, MPI_BYTE, &count);
-      if (auto st = on_envelope(m, r.buf.get(), static_cast<size_t>(count)); !st) return st;
-      if (broken_) return std::unexpected(*broken_);
-      rc = MPI_Start(&r.req);
-      if (rc != MPI_SUCCESS) return broken(mpi_error(rc, "MPI_Start"));
-      r.active = true;
-      head_ = (head_ + 1) % ring_.size();
+      auto more = recv_direct_ ? next_direct(m) : next_envelope(m);
+      if (!more) return std::unexpected(more.error());
+      if (!*more) break;
     }
     // Large messages, both directions.
     for (size_t i = 0; i < transfers_.size();) {
@@ -488,9 +590,33 @@ class MpiEndpoint final : public Endpoint {
     begin_large_recv(op, e);
   }
 
+  /// A receive matched a direct message that arrived before it.
+  void start_direct(RecvOp &op, MPI_Message msg, uint64_t tag, size_t n) noexcept {
+    auto lock = t_.mpi_lock();
+    if (broken_) {
+      fail_op(op, *broken_);
+      return discard(msg, n);
+    }
+    begin_direct_recv(op, msg, tag, n);
+  }
+
+  /// Take a probed message nobody will receive, so MPI can let it go: into
+  /// memory kept until MPI is done with it (MPI lock held).
+  void discard(MPI_Message msg, size_t n) noexcept {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    std::unique_ptr<char[]> mem(new (std::nothrow) char[n ? n : 1]);
+    MPI_Request req;
+    if (mem && MPI_Imrecv(mem.get(), static_cast<int>(n), MPI_BYTE, &msg, &req) == MPI_SUCCESS)
+      t_.bury(req, std::move(mem));
+  }
+
   void deliver_unexpected(RecvOp &op, uint64_t tag, const char *data, size_t n) noexcept {
     deliver_eager(op, !op.want_buffer && is_device(op.data), tag, data, n);
   }
+
+  std::unique_lock<std::mutex> mpi_lock() noexcept { return t_.mpi_lock(); }
 
  private:
   struct Ring {
@@ -498,11 +624,27 @@ class MpiEndpoint final : public Endpoint {
     MPI_Request req = MPI_REQUEST_NULL;  // persistent
     bool active = false;
   };
+  /// A send MPI has not finished (its request is in out_reqs_ at the same
+  /// index): an eager message or a stream marker (op null) from send slot
+  /// `slot`, or a direct message from the caller's memory (slot -1).
   struct Out {
     SendOp *op;
-    MPI_Request req;
     int slot;
   };
+
+  /// Give up on the sends in flight: fail their ops; MPI finishes them alone
+  /// (a slot is kept until it has).
+  void drop_outs(const Error &e) noexcept {
+    for (size_t i = 0; i < out_.size(); ++i) {
+      if (out_[i].op) fail_op(*out_[i].op, e);
+      if (out_[i].slot >= 0)
+        t_.bury(out_reqs_[i], std::move(send_slots_[static_cast<size_t>(out_[i].slot)]));
+      else
+        MPI_Request_free(&out_reqs_[i]);
+    }
+    out_.clear();
+    out_reqs_.clear();
+  }
 
   bool is_device(const void *p) const noexcept {
 #if LAVAFLOW_HAVE_CUDA
@@ -515,11 +657,7 @@ class MpiEndpoint final : public Endpoint {
 
   Status broken(Error e) noexcept {
     if (!broken_) broken_ = e;
-    for (Out &o : eager_out_) {
-      fail_op(*o.op, e);
-      t_.bury(o.req, std::move(send_slots_[static_cast<size_t>(o.slot)]));
-    }
-    eager_out_.clear();
+    drop_outs(e);
     for (auto &x : transfers_) abandon(*x, e);
     transfers_.clear();
     return std::unexpected(e);
@@ -574,7 +712,17 @@ class MpiEndpoint final : public Endpoint {
   /// Transfers are reused: the hot path of a large message allocates nothing
   /// once a few have been made (their request vectors keep their capacity).
   std::unique_ptr<Transfer> take_transfer() noexcept {
-    if (spare_.empty()) return std::unique_ptr<Transfer>(new (std::nothrow) Transfer);
+    if (spare_.empty()) {
+      // Room for two requests: pushing an envelope's or a direct message's
+      // request cannot fail.
+      std::unique_ptr<Transfer> x(new (std::nothrow) Transfer);
+      if (x) try {
+          x->direct.reserve(2);
+        } catch (const std::bad_alloc &) {
+          x.reset();
+        }
+      return x;
+    }
     std::unique_ptr<Transfer> x = std::move(spare_.back());
     spare_.pop_back();
     return x;
@@ -585,6 +733,10 @@ class MpiEndpoint final : public Endpoint {
     x->env_slot = -1;
     x->direct.clear();
     x->pipe = Pipeline();
+    x->bounce.reset();
+    x->dst = nullptr;
+    x->keep = 0;
+    x->dst_device = false;
     if (spare_.size() < 8) {
       try {
         spare_.push_back(std::move(x));
@@ -611,14 +763,16 @@ class MpiEndpoint final : public Endpoint {
   /// Copy an envelope (eager: with its payload) into a send slot and start
   /// sending it to the ring. When MPI refuses, the slot is free again and the
   /// stream is broken: the peer's ring order can no longer be trusted.
-  Result<std::pair<int, MPI_Request>> post_envelope(const Envelope &e, const char *payload, size_t n) noexcept {
+  Result<std::pair<int, MPI_Request>> post_envelope(const Envelope &e, const char *payload, size_t n,
+                                                    bool ring = true) noexcept {
     auto slot = take_slot();
     if (!slot) return std::unexpected(slot.error());
     char *buf = send_slots_[static_cast<size_t>(*slot)].get();
     std::memcpy(buf, &e, kEnvSize);
     if (n) std::memcpy(buf + kEnvSize, payload, n);
     MPI_Request req;
-    int rc = MPI_Isend(buf, static_cast<int>(kEnvSize + n), MPI_BYTE, peer_, base_, comm_, &req);
+    int rc =
+        MPI_Isend(buf, static_cast<int>(kEnvSize + n), MPI_BYTE, peer_, ring ? base_ : 0, ring ? comm_ : scomm_, &req);
     if (rc != MPI_SUCCESS) {
       free_slots_.push_back(*slot);
       Error err = mpi_error(rc, "MPI_Isend");
@@ -635,19 +789,59 @@ class MpiEndpoint final : public Endpoint {
     e.size = op.size;
     auto sent = post_envelope(e, src, op.size);
     if (!sent) return fail_op(op, sent.error());
-    auto [slot, req] = *sent;
+    finish_or_keep(&op, sent->second, sent->first);
+  }
+
+  /// A send just started: complete it if MPI already has (small messages),
+  /// or keep it for progress().
+  void finish_or_keep(SendOp *op, MPI_Request req, int slot) noexcept {
     int flag = 0;
     MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
-    if (flag) {
+    if (!flag) {
+      try {
+        size_t n = out_.size() + 1;  // then neither push nor progress()'s resize can throw
+        out_.reserve(n);
+        out_reqs_.reserve(n);
+        out_done_.reserve(n);
+        out_.push_back(Out{op, slot});
+        out_reqs_.push_back(req);
+        return;
+      } catch (const std::bad_alloc &) {
+        // The data is MPI's now (a slot, kept until MPI is done): the send
+        // completes regardless. The caller's memory cannot be kept: wait.
+        if (slot >= 0)
+          t_.bury(req, std::move(send_slots_[static_cast<size_t>(slot)]));
+        else
+          MPI_Wait(&req, MPI_STATUS_IGNORE);
+      }
+    } else if (slot >= 0) {
       free_slots_.push_back(slot);
-      return complete(op, LF_OK);
     }
-    try {
-      eager_out_.push_back(Out{&op, req, slot});
-    } catch (const std::bad_alloc &) {
-      t_.bury(req, std::move(send_slots_[static_cast<size_t>(slot)]));
-      complete(op, LF_OK);  // the data is MPI's now; the send completes regardless
+    if (op) complete(*op, LF_OK);
+  }
+
+  /// Tell the peer that this rank's later messages travel on the other
+  /// stream (kDirect in the ring, kRing on the direct stream).
+  Status post_control(uint32_t kind) noexcept {
+    Envelope e;
+    e.kind = kind;
+    auto sent = post_envelope(e, nullptr, 0, /*ring=*/kind == kDirect);
+    if (!sent) return std::unexpected(sent.error());
+    finish_or_keep(nullptr, sent->second, sent->first);
+    return {};
+  }
+
+  /// One MPI message straight from the caller's memory, MPI tag = tag + 1.
+  void send_direct(SendOp &op, const char *src) noexcept {
+    MPI_Request req;
+    int rc = MPI_Isend(src, static_cast<int>(op.size), MPI_BYTE, peer_, static_cast<int>(op.tag + 1), scomm_, &req);
+    if (rc != MPI_SUCCESS) {
+      Error err = mpi_error(rc, "MPI_Isend (direct)");
+      fail_op(op, err);
+      (void)broken(err);  // the peer now waits on this stream for a message that will not come
+      return;
     }
+    finish_or_keep(&op, req, -1);
   }
 
   void send_large(SendOp &op, const char *src, bool device) noexcept {
@@ -668,15 +862,9 @@ class MpiEndpoint final : public Endpoint {
     x->size = op.size;
     x->mpi_tag = base_ | static_cast<int>(seq);
     x->env_slot = slot;
-    try {
-      x->direct.push_back(env_req);  // one MPI_Testall covers envelope and payload
-    } catch (const std::bad_alloc &) {
-      t_.bury(env_req, std::move(send_slots_[static_cast<size_t>(slot)]));
-      Error err = make_error(LF_ERR_NO_MEMORY, "mpi: no memory to track a send");
-      fail_op(op, err);
-      (void)broken(err);
-      return;
-    }
+    // One MPI_Testall covers envelope and payload; within the capacity
+    // take_transfer() gives.
+    x->direct.push_back(env_req);
     Status st;
     if (device && !t_.device().mpi_aware)
       st = start_pipeline(*x, /*send=*/true, true, const_cast<char *>(src), op.size, 0, op.size, e.chunk);
@@ -850,6 +1038,14 @@ class MpiEndpoint final : public Endpoint {
       return true;
     }
     RecvOp &op = *x.rop;
+    if (x.bounce) {
+      auto st = copy_out(x.dst, x.dst_device, x.bounce->data(), x.keep);
+      x.bounce.reset();
+      if (!st) {
+        fail_op(op, st.error());
+        return true;
+      }
+    }
     if (!op.want_buffer && x.size > op.capacity) {
       set_truncated(op, x.size);
       complete(op, LF_ERR_TRUNCATED);
@@ -905,9 +1101,30 @@ class MpiEndpoint final : public Endpoint {
         m.add_unexpected(std::unique_ptr<Incoming>(in));
         return {};
       }
+      case kDirect:
+        if (count != kEnvSize || scomm_ == MPI_COMM_NULL)
+          return broken(make_error(LF_ERR_PROTOCOL, "rank %d switched to a direct stream this channel lacks", peer_));
+        recv_direct_ = true;
+        return {};
       case kBye: return broken(make_error(LF_ERR_PEER_GONE, "rank %d closed its end of the channel", peer_));
       default: return broken(make_error(LF_ERR_PROTOCOL, "rank %d sent an envelope of unknown kind %u", peer_, e.kind));
     }
+  }
+
+  /// Where a receive's message goes: the caller's memory, or for a buffer
+  /// receive a new host buffer of the message's size.
+  struct Dest {
+    char *mem;
+    uint64_t cap;
+    bool device;
+  };
+  Result<Dest> recv_dest(RecvOp &op, uint64_t size) noexcept {
+    if (!op.want_buffer) return Dest{static_cast<char *>(op.data), op.capacity, is_device(op.data)};
+    auto buf = allocate(size ? size : 1, MemoryKind::host);
+    if (!buf) return std::unexpected(buf.error());
+    (*buf)->set_size(size);
+    op.buffer = std::move(*buf);
+    return Dest{static_cast<char *>(op.buffer->data()), size, false};
   }
 
   /// Receive the payload of the large message `e` into `op` (MPI lock held).
@@ -919,43 +1136,90 @@ class MpiEndpoint final : public Endpoint {
     x->rop = &op;
     x->size = e.size;
     x->mpi_tag = base_ | static_cast<int>(e.seq);
-    char *dst;
-    uint64_t cap;
-    bool device = false;
-    if (op.want_buffer) {
-      auto buf = allocate(e.size ? e.size : 1, MemoryKind::host);
-      if (!buf) {
-        // The payload must still be consumed, or the next message with this
-        // sequence number would meet it: receive it into nothing useful.
-        fail_op(op, buf.error());
-        return (void)broken(make_error(LF_ERR_NO_MEMORY, "mpi: no memory for a %llu-byte buffer; channel broken",
-                                       (unsigned long long)e.size));
-      }
-      (*buf)->set_size(e.size);
-      op.buffer = std::move(*buf);
-      dst = static_cast<char *>(op.buffer->data());
-      cap = e.size;
-    } else {
-      dst = static_cast<char *>(op.data);
-      cap = op.capacity;
-      device = is_device(dst);
+    auto d = recv_dest(op, e.size);
+    if (!d) {
+      // The payload must still be consumed, or the next message with this
+      // sequence number would meet it: the stream is lost.
+      fail_op(op, d.error());
+      return (void)broken(make_error(LF_ERR_NO_MEMORY, "mpi: no memory for a %llu-byte buffer; channel broken",
+                                     (unsigned long long)e.size));
     }
-    op.bytes = std::min<uint64_t>(e.size, cap);
+    op.bytes = std::min<uint64_t>(e.size, d->cap);
     Status st;
-    if (device && !t_.device().mpi_aware) {
-      st = start_pipeline(*x, false, true, dst, cap, 0, e.size, e.chunk);
+    if (d->device && !t_.device().mpi_aware) {
+      st = start_pipeline(*x, false, true, d->mem, d->cap, 0, e.size, e.chunk);
     } else {
       // Whole chunks that fit go straight into place; the rest (truncation)
       // through a bounce buffer.
-      uint64_t fit = std::min<uint64_t>(e.size, cap) / e.chunk * e.chunk;
-      if (e.size <= cap) fit = e.size;
-      st = post_direct(*x, dst, fit, e.chunk, /*send=*/false);
-      if (st && fit < e.size) st = start_pipeline(*x, false, device, dst, cap, fit, e.size, e.chunk);
+      uint64_t fit = std::min<uint64_t>(e.size, d->cap) / e.chunk * e.chunk;
+      if (e.size <= d->cap) fit = e.size;
+      st = post_direct(*x, d->mem, fit, e.chunk, /*send=*/false);
+      if (st && fit < e.size) st = start_pipeline(*x, false, d->device, d->mem, d->cap, fit, e.size, e.chunk);
     }
+    run_recv(std::move(x), st);
+  }
+
+  /// Receive the direct message `msg` (n bytes, lavaflow tag `tag`) into
+  /// `op` (MPI lock held). It goes straight into place unless it is larger
+  /// than the receive or bound for device memory.
+  void begin_direct_recv(RecvOp &op, MPI_Message msg, uint64_t tag, size_t n) noexcept {
+    op.matched_tag = tag;
+    op.message_bytes = n;
+    auto d = recv_dest(op, n);
+    BufferPtr bounce;
+    if (d && (n > d->cap || d->device)) {
+      auto b = allocate(n ? n : 1, d->device ? MemoryKind::host_pinned : MemoryKind::host);
+      if (b)
+        bounce = std::move(*b);
+      else
+        d = std::unexpected(b.error());
+    }
+    std::unique_ptr<Transfer> x;
+    if (d && bounce && !(x = take_transfer())) d = LF_FAIL(LF_ERR_NO_MEMORY, "mpi: no memory to start a receive");
+    if (!d) {
+      // Only this receive fails: the message is taken all the same, so the
+      // stream goes on.
+      fail_op(op, d.error());
+      return discard(msg, n);
+    }
+    op.bytes = std::min<uint64_t>(n, d->cap);
+    MPI_Request req;
+    int rc = MPI_Imrecv(bounce ? bounce->data() : d->mem, static_cast<int>(n), MPI_BYTE, &msg, &req);
+    int flag = 0;
+    if (rc == MPI_SUCCESS && !bounce) rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      Error err = mpi_error(rc, "MPI_Imrecv");
+      fail_op(op, err);
+      return (void)broken(err);
+    }
+    // Straight into place, MPI usually moves it within MPI_Imrecv (see
+    // run_recv): then there is nothing to keep track of.
+    if (flag) return complete(op, LF_OK);
+    if (!x && !(x = take_transfer())) {
+      cancel(req);  // matched: waits until the data is in place
+      Error err = make_error(LF_ERR_NO_MEMORY, "mpi: no memory to track a receive; channel broken");
+      fail_op(op, err);
+      return (void)broken(err);
+    }
+    x->rop = &op;
+    x->size = n;
+    if (bounce) {
+      x->bounce = std::move(bounce);
+      x->dst = d->mem;
+      x->keep = op.bytes;
+      x->dst_device = d->device;
+    }
+    x->direct.push_back(req);  // within the capacity take_transfer() gives
+    run_recv(std::move(x), {});
+  }
+
+  /// A receive's MPI requests are posted (st) or failed (!st): complete it
+  /// now if MPI already moved the data, keep it for progress() otherwise.
+  void run_recv(std::unique_ptr<Transfer> x, Status st) noexcept {
     if (st) {
-      // The payload's request usually reached MPI before its envelope was
-      // handled, and MPI moves it within MPI_Irecv (shared memory: one copy
-      // by this process): complete now rather than on the next pass.
+      // The payload's request usually reached MPI before its receive was
+      // posted, and MPI moves it within MPI_Irecv/MPI_Imrecv (shared memory:
+      // one copy by this process): complete now rather than on the next pass.
       auto finished = advance(*x);
       if (finished && *finished) return recycle(std::move(x));
       if (!finished) st = std::unexpected(finished.error());
@@ -973,8 +1237,80 @@ class MpiEndpoint final : public Endpoint {
     (void)broken(err);
   }
 
+  /// The next message of the ring, if one has arrived.
+  Result<bool> next_envelope(Matcher &m) noexcept {
+    Ring &r = ring_[head_];
+    int flag = 0;
+    MPI_Status status{};
+    int rc = MPI_Test(&r.req, &flag, &status);
+    if (rc != MPI_SUCCESS) {
+      r.active = false;  // completed, with an error
+      if (rc == MPI_ERR_TRUNCATE || status.MPI_ERROR == MPI_ERR_TRUNCATE)
+        return lost(make_error(LF_ERR_PROTOCOL, "rank %d sent an envelope larger than this rank's slots", peer_));
+      return lost(mpi_error(rc, "MPI_Test (envelope)"));
+    }
+    if (!flag) return false;
+    r.active = false;
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    if (auto st = on_envelope(m, r.buf.get(), static_cast<size_t>(count)); !st) return std::unexpected(st.error());
+    if (broken_) return std::unexpected(*broken_);
+    rc = MPI_Start(&r.req);
+    if (rc != MPI_SUCCESS) return lost(mpi_error(rc, "MPI_Start"));
+    r.active = true;
+    head_ = (head_ + 1) % ring_.size();
+    return true;
+  }
+
+  /// The next message of the direct stream, if one has arrived. MPI_Improbe
+  /// takes it off MPI's queue, so the next probe sees the one after it.
+  Result<bool> next_direct(Matcher &m) noexcept {
+    // With no receive posted, a message is as well kept by MPI as by the
+    // channel (in order, a large one still at its sender): leave it there
+    // rather than note it as unexpected, and take it on the first progress
+    // after a receive is posted.
+    if (!m.has_posted()) return false;
+    int flag = 0;
+    MPI_Message msg = MPI_MESSAGE_NULL;
+    MPI_Status status{};
+    int rc = MPI_Improbe(peer_, MPI_ANY_TAG, scomm_, &flag, &msg, &status);
+    if (rc != MPI_SUCCESS) return lost(mpi_error(rc, "MPI_Improbe"));
+    if (!flag) return false;
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    size_t n = static_cast<size_t>(count);
+    if (status.MPI_TAG == 0) {  // a marker
+      if (n != kEnvSize) return lost(make_error(LF_ERR_PROTOCOL, "rank %d sent a %zu-byte stream marker", peer_, n));
+      Envelope e;
+      rc = MPI_Mrecv(&e, kEnvSize, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return lost(mpi_error(rc, "MPI_Mrecv (marker)"));
+      if (e.kind == kBye) return lost(make_error(LF_ERR_PEER_GONE, "rank %d closed its end of the channel", peer_));
+      if (e.kind != kRing)
+        return lost(make_error(LF_ERR_PROTOCOL, "rank %d sent a stream marker of unknown kind %u", peer_, e.kind));
+      recv_direct_ = false;
+      return true;
+    }
+    uint64_t tag = static_cast<uint64_t>(status.MPI_TAG) - 1;
+    if (RecvOp *op = m.take_posted(tag)) {
+      begin_direct_recv(*op, msg, tag, n);
+    } else if (auto *in = new (std::nothrow) MpiDirectIncoming(tag, n, msg, this)) {
+      m.add_unexpected(std::unique_ptr<Incoming>(in));
+    } else {
+      discard(msg, n);
+      return lost(make_error(LF_ERR_NO_MEMORY, "mpi: no memory to note an unexpected message; channel broken"));
+    }
+    if (broken_) return std::unexpected(*broken_);
+    return true;
+  }
+
+  Result<bool> lost(Error e) noexcept {
+    (void)broken(std::move(e));
+    return std::unexpected(*broken_);
+  }
+
   MpiTransport &t_;
   MPI_Comm comm_;
+  MPI_Comm scomm_;  // this channel's direct stream, or MPI_COMM_NULL
   int peer_;
   int base_;  // channel bits; envelopes use it as is
   uint32_t seq_max_;
@@ -986,17 +1322,32 @@ class MpiEndpoint final : public Endpoint {
   size_t head_ = 0;
   std::vector<std::unique_ptr<char[]>> send_slots_;
   std::vector<int> free_slots_;
-  std::vector<Out> eager_out_;
+  std::vector<Out> out_;
+  std::vector<MPI_Request> out_reqs_;
+  std::vector<int> out_done_;
   std::vector<std::unique_ptr<Transfer>> transfers_;
   std::vector<std::unique_ptr<Transfer>> spare_;
 #if LAVAFLOW_HAVE_CUDA
   cudaStream_t stream_ = nullptr;
 #endif
   std::optional<Error> broken_;
+  bool send_direct_ = false;  // this rank's messages go on the direct stream
+  bool recv_direct_ = false;  // the peer's messages come on the direct stream
+  int small_run_ = 0;         // small messages sent direct in a row
 };
 
 void MpiEagerIncoming::deliver(RecvOp &op) noexcept { ep_->deliver_unexpected(op, tag(), copy_.get(), size()); }
 void MpiLargeIncoming::deliver(RecvOp &op) noexcept { ep_->start_large(op, env_); }
+void MpiDirectIncoming::deliver(RecvOp &op) noexcept {
+  MPI_Message msg = msg_;
+  msg_ = MPI_MESSAGE_NULL;
+  ep_->start_direct(op, msg, tag(), size());
+}
+MpiDirectIncoming::~MpiDirectIncoming() {
+  if (msg_ == MPI_MESSAGE_NULL) return;
+  auto lock = ep_->mpi_lock();
+  ep_->discard(msg_, size());
+}
 
 Result<std::unique_ptr<Endpoint>> MpiTransport::connect(World &world, int peer, Deadline) {
   if (comm_ == MPI_COMM_NULL) return LF_FAIL(LF_ERR_UNAVAILABLE, "mpi transport did not start");
@@ -1017,7 +1368,7 @@ Result<std::unique_ptr<Endpoint>> MpiTransport::connect(World &world, int peer, 
   int base = static_cast<int>(k << seq_bits_);
   std::unique_ptr<MpiEndpoint> ep;
   try {
-    ep = std::make_unique<MpiEndpoint>(*this, peer, base, peer_eager);
+    ep = std::make_unique<MpiEndpoint>(*this, peer, base, peer_eager, stream(k));
   } catch (const std::bad_alloc &) {
     return LF_FAIL(LF_ERR_NO_MEMORY, "mpi: no memory for an endpoint");
   }
