@@ -76,8 +76,11 @@ lf_status_t new_request(const ChannelSlot &cs, bool is_send, RequestSlot *&slot,
   if (!r) return fail(LF_ERR_NO_MEMORY, "no free request handle");
   r->ch = cs.ch;
   r->is_send = is_send;
-  r->send = SendOp{};
-  r->recv = RecvOp{};
+  // Only the op in use is read (status(), op_status()): reset just that one.
+  if (is_send)
+    r->send = SendOp{};
+  else
+    r->recv = RecvOp{};
   slot = r;
   handle = HandleTable<RequestSlot>::to_handle<lf_request_t>(id);
   return LF_OK;

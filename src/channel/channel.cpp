@@ -56,14 +56,16 @@ void Channel::post_recv(RecvOp &op) noexcept {
   }
   if (broken_) return fail_op(op, *broken_);
   if (!endpoint_) return fail_op(op, make_error(LF_ERR_CLOSED, "channel is closed"));
+  // Posting does not drive the endpoint (nor does MPI_Irecv): a window of
+  // receives costs only its bookkeeping, and the test or wait that follows
+  // finds what has arrived. Driving it here made every post a poll, between
+  // the copies of the messages already arriving (shm windowed bandwidth at
+  // 4 KiB: 26 GB/s with it, 34 GB/s without).
   try {
     posted_.push_back(&op);
   } catch (const std::bad_alloc &) {
     return fail_op(op, make_error(LF_ERR_NO_MEMORY, "no memory to post a receive"));
   }
-  // The message may already sit in the transport: look now, so a receive
-  // posted after its message completes without another call.
-  progress_locked();
 }
 
 RecvOp *Channel::take_posted(uint64_t tag) noexcept {
