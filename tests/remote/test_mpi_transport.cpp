@@ -222,6 +222,27 @@ TEST_F(MpiTransport, DirectMessagesOfOtherTagsAreNotHeldBack) {
   }
 }
 
+// A direct message that arrived before its receive (so the channel holds it
+// as unexpected) and is never received: closing the channel lets it go, and
+// the sender's send ends with LF_ERR_PEER_GONE instead of waiting forever.
+TEST_F(MpiTransport, UnreceivedDirectMessageFailsItsSendWhenThePeerCloses) {
+  lf_channel_t extra = nullptr;
+  ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();
+  auto a = pattern(100000, 41), b = pattern(100000, 42);
+  if (g_rank == 0) {
+    lf_request_t r[2];
+    ASSERT_EQ(lf_isend(extra, a.data(), a.size(), 1, &r[0]), LF_OK);
+    ASSERT_EQ(lf_isend(extra, b.data(), b.size(), 2, &r[1]), LF_OK);
+    EXPECT_EQ(lf_wait(r[1], nullptr), LF_OK) << lf_last_error();
+    EXPECT_EQ(lf_wait(r[0], nullptr), LF_ERR_PEER_GONE) << lf_last_error();
+  } else {
+    std::vector<char> gb(b.size());
+    ASSERT_EQ(lf_recv(extra, gb.data(), gb.size(), 2, nullptr), LF_OK) << lf_last_error();  // a: unexpected
+    EXPECT_EQ(gb, b);
+  }
+  EXPECT_EQ(lf_channel_close(extra), LF_OK);
+}
+
 TEST_F(MpiTransport, TwoChannelsToOnePeerDoNotMix) {
   lf_channel_t second = nullptr;
   ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &second), LF_OK) << lf_last_error();

@@ -477,6 +477,9 @@ class MpiEndpoint final : public Endpoint {
     Error closed = make_error(LF_ERR_CLOSED, "channel was closed");
     {
       auto lock = t_.mpi_lock();
+      // Messages the channel dropped unreceived first: the peer fails their
+      // sends once it sees the bye, and may then reuse their memory.
+      discard_dropped();
       // Tell the peer, unless the connection already failed.
       if (!broken_) {
         Envelope bye;
@@ -537,6 +540,7 @@ class MpiEndpoint final : public Endpoint {
   Status progress(Matcher &m) noexcept override {
     if (broken_) return std::unexpected(*broken_);
     auto lock = t_.mpi_lock();
+    if (!dropped_.empty()) discard_dropped();
     // Sends first: their completion frees slots and lets the peer go on.
     // One MPI_Testsome for all of them: an MPI_Test each would run MPI's
     // progress engine once per send still in flight.
@@ -600,6 +604,11 @@ class MpiEndpoint final : public Endpoint {
     begin_direct_recv(op, msg, tag, n);
   }
 
+  void discard_dropped() noexcept {
+    for (auto [msg, n] : dropped_) discard(msg, n);
+    dropped_.clear();
+  }
+
   /// Take a probed message nobody will receive, so MPI can let it go: into
   /// memory kept until MPI is done with it (MPI lock held).
   void discard(MPI_Message msg, size_t n) noexcept {
@@ -616,7 +625,17 @@ class MpiEndpoint final : public Endpoint {
     deliver_eager(op, !op.want_buffer && is_device(op.data), tag, data, n);
   }
 
-  std::unique_lock<std::mutex> mpi_lock() noexcept { return t_.mpi_lock(); }
+  /// An unexpected direct message the channel dropped unreceived (it closed,
+  /// or could not queue it). Its destructor may run where the MPI lock is
+  /// already held (progress() adding it to the channel), so the message is
+  /// taken off MPI later, by discard_dropped(), under the lock.
+  void drop_unreceived(MPI_Message msg, size_t n) noexcept {
+    try {
+      dropped_.push_back({msg, n});
+    } catch (const std::bad_alloc &) {
+      // MPI keeps it; the stream is not affected.
+    }
+  }
 
  private:
   struct Ring {
@@ -1327,6 +1346,7 @@ class MpiEndpoint final : public Endpoint {
   std::vector<int> out_done_;
   std::vector<std::unique_ptr<Transfer>> transfers_;
   std::vector<std::unique_ptr<Transfer>> spare_;
+  std::vector<std::pair<MPI_Message, size_t>> dropped_;  // see drop_unreceived()
 #if LAVAFLOW_HAVE_CUDA
   cudaStream_t stream_ = nullptr;
 #endif
@@ -1344,9 +1364,7 @@ void MpiDirectIncoming::deliver(RecvOp &op) noexcept {
   ep_->start_direct(op, msg, tag(), size());
 }
 MpiDirectIncoming::~MpiDirectIncoming() {
-  if (msg_ == MPI_MESSAGE_NULL) return;
-  auto lock = ep_->mpi_lock();
-  ep_->discard(msg_, size());
+  if (msg_ != MPI_MESSAGE_NULL) ep_->drop_unreceived(msg_, size());
 }
 
 Result<std::unique_ptr<Endpoint>> MpiTransport::connect(World &world, int peer, Deadline) {
