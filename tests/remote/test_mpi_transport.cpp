@@ -4,6 +4,7 @@
 // Both ranks run every test; rank 0 mostly sends, rank 1 checks.
 #include <gtest/gtest.h>
 #include <lavaflow/lavaflow.h>
+#include <mpi.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -308,6 +309,13 @@ int main(int argc, char **argv) {
     std::fclose(f);
   }
   setenv("LF_LOCATION_FILE", path.c_str(), 1);
+  // --app-funneled: the application owns MPI at MPI_THREAD_FUNNELED, so the
+  // transport serialises its MPI calls under its own lock.
+  bool app_owns_mpi = argc > 1 && std::strcmp(argv[1], "--app-funneled") == 0;
+  if (app_owns_mpi) {
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  }
   if (lf_init(&g_ctx) != LF_OK) {
     std::fprintf(stderr, "lf_init: %s\n", lf_last_error());
     return 1;
@@ -316,5 +324,6 @@ int main(int argc, char **argv) {
   g_rank = lf_rank(g_ctx);
   int rc = RUN_ALL_TESTS();
   lf_finalize(g_ctx);
+  if (app_owns_mpi) MPI_Finalize();
   return rc;
 }
