@@ -205,6 +205,48 @@ TEST_F(MpiTransport, MessagesKeepTheirOrderAcrossStreamSwitches) {
   }
 }
 
+// Many switches: sizes on both sides of the eager limit, and tags with and
+// without an MPI tag of their own, in a seeded random order, sent in
+// windows; every message must arrive whole and in order.
+TEST_F(MpiTransport, RandomMixOfSizesAndTagsArrivesInOrder) {
+  const size_t sizes[] = {0, 8, 1000, 1024, 1025, 4096, 65536, 300000};
+  const uint64_t tags[] = {1, 2, uint64_t{1} << 40};
+  constexpr int kCount = 600, kWindow = 8;
+  std::vector<size_t> n(kCount);
+  std::vector<uint64_t> tag(kCount);
+  uint32_t x = 12345;
+  for (int i = 0; i < kCount; ++i) {
+    x = x * 1103515245u + 12345u;
+    n[static_cast<size_t>(i)] = sizes[(x >> 16) % std::size(sizes)];
+    tag[static_cast<size_t>(i)] = tags[(x >> 8) % std::size(tags)];
+  }
+  std::vector<std::vector<char>> data(kWindow), got(kWindow);
+  for (int base = 0; base < kCount; base += kWindow) {
+    lf_request_t r[kWindow];
+    for (int k = 0; k < kWindow; ++k) {
+      size_t i = static_cast<size_t>(base + k);
+      data[static_cast<size_t>(k)] = pattern(n[i], static_cast<int>(i));
+      if (g_rank == 0) {
+        ASSERT_EQ(lf_isend(ch, data[static_cast<size_t>(k)].data(), n[i], tag[i], &r[k]), LF_OK) << lf_last_error();
+      } else {
+        got[static_cast<size_t>(k)].assign(n[i] + 1, 0);
+        ASSERT_EQ(lf_irecv(ch, got[static_cast<size_t>(k)].data(), n[i] + 1, LF_ANY_TAG, &r[k]), LF_OK);
+      }
+    }
+    for (int k = 0; k < kWindow; ++k) {
+      size_t i = static_cast<size_t>(base + k);
+      SCOPED_TRACE(i);
+      lf_completion_t c = LF_COMPLETION_INIT;
+      ASSERT_EQ(lf_wait_completion(r[k], &c), LF_OK) << lf_last_error();
+      if (g_rank == 1) {
+        ASSERT_EQ(c.tag, tag[i]);
+        ASSERT_EQ(c.bytes, n[i]);
+        ASSERT_EQ(std::memcmp(got[static_cast<size_t>(k)].data(), data[static_cast<size_t>(k)].data(), n[i]), 0);
+      }
+    }
+  }
+}
+
 // A tag-specific receive posted before the others must not hold back
 // messages of other tags that wait on the direct stream.
 TEST_F(MpiTransport, DirectMessagesOfOtherTagsAreNotHeldBack) {
