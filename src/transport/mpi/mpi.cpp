@@ -58,8 +58,8 @@
 // ring, kRing on the direct stream), and the receiver moves to the other
 // stream only once it has taken the marker: messages are taken in the order
 // they were sent. The sender goes direct for a large message that qualifies,
-// and back to the ring after kSmallRun small messages in a row or for a
-// message that does not qualify. So small ping-pong stays in the ring, and
+// and back to the ring with the kSmallRun-th small message in a row or with
+// a message that does not qualify. So small ping-pong stays in the ring, and
 // streams of large messages, small ones among them, stay direct.
 //
 // Threads. With MPI_THREAD_MULTIPLE the channel's own lock is enough; with
@@ -97,7 +97,8 @@ constexpr uint64_t kMaxChunk = uint64_t{1} << 30;  // MPI counts are ints
 // travel on the other stream.
 enum : uint32_t { kEager = 1, kLarge = 2, kBye = 3, kDirect = 4, kRing = 5 };
 
-/// Small messages in a row after which a direct sender returns to the ring.
+/// A direct sender's kSmallRun-th small message in a row returns to the ring
+/// (small ones between large ones stay direct: no marker pair per message).
 constexpr int kSmallRun = 8;
 
 struct Envelope {
