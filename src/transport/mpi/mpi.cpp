@@ -816,13 +816,23 @@ class MpiEndpoint final : public Endpoint {
   /// or keep it for progress().
   void finish_or_keep(SendOp *op, MPI_Request req, int slot) noexcept {
     int flag = 0;
-    MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
+    if (int rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE); rc != MPI_SUCCESS) {
+      Error err = mpi_error(rc, "MPI_Test (send)");
+      if (slot >= 0) free_slots_.push_back(slot);
+      if (op) fail_op(*op, err);
+      return (void)broken(err);
+    }
     if (!flag) {
       try {
-        size_t n = out_.size() + 1;  // then neither push nor progress()'s resize can throw
-        out_.reserve(n);
-        out_reqs_.reserve(n);
-        out_done_.reserve(n);
+        // Room first, so that neither the pushes nor progress()'s resize can
+        // throw; grown geometrically.
+        size_t n = out_.size() + 1;
+        auto room = [n](auto &v) {
+          if (v.capacity() < n) v.reserve(std::max<size_t>(n, 2 * v.capacity()));
+        };
+        room(out_);
+        room(out_reqs_);
+        room(out_done_);
         out_.push_back(Out{op, slot});
         out_reqs_.push_back(req);
         return;
