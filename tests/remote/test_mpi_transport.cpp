@@ -7,6 +7,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -284,6 +285,32 @@ TEST_F(MpiTransport, UnreceivedDirectMessageFailsItsSendWhenThePeerCloses) {
     EXPECT_EQ(gb, b);
   }
   EXPECT_EQ(lf_channel_close(extra), LF_OK);
+}
+
+// The peer closes while this rank only waits on a send: the bye arrives on
+// the stream the peer was sending on (here the direct one, after a large
+// message), and must still end the send, though no receive is posted.
+TEST_F(MpiTransport, PeerClosingEndsASendWaitedOnWithoutReceives) {
+  lf_channel_t extra = nullptr;
+  ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();
+  auto a = pattern(100000, 51), b = pattern(100000, 52);
+  if (g_rank == 1) {
+    ASSERT_EQ(lf_send(extra, a.data(), a.size(), 1), LF_OK) << lf_last_error();  // 1 -> 0 goes direct
+    ASSERT_EQ(lf_channel_close(extra), LF_OK);                                   // b is never received
+  } else {
+    std::vector<char> ga(a.size());
+    ASSERT_EQ(lf_recv(extra, ga.data(), ga.size(), 1, nullptr), LF_OK) << lf_last_error();
+    lf_request_t r;
+    ASSERT_EQ(lf_isend(extra, b.data(), b.size(), 2, &r), LF_OK);
+    // Bounded, so a regression fails here instead of hanging the suite.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    int done = 0;
+    lf_status_t st = LF_OK;
+    while (!done && st == LF_OK && std::chrono::steady_clock::now() < deadline) st = lf_test(r, &done);
+    ASSERT_TRUE(done || st != LF_OK) << "the send to a closed peer never ended";
+    EXPECT_EQ(lf_wait(r, nullptr), LF_ERR_PEER_GONE) << lf_last_error();
+    EXPECT_EQ(lf_channel_close(extra), LF_OK);
+  }
 }
 
 TEST_F(MpiTransport, TwoChannelsToOnePeerDoNotMix) {

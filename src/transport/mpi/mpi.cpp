@@ -499,8 +499,7 @@ class MpiEndpoint final : public Endpoint {
         if (r.active) cancel(r.req);
         if (r.req != MPI_REQUEST_NULL) MPI_Request_free(&r.req);
       }
-      drop_outs(closed);
-      for (auto &x : transfers_) abandon(*x, closed);
+      drop_in_flight(closed);
     }
     t_.drain_graveyard(false);
   }
@@ -652,10 +651,19 @@ class MpiEndpoint final : public Endpoint {
     int slot;
   };
 
-  /// Give up on the sends in flight: fail their ops; MPI finishes them alone
-  /// (a slot is kept until it has).
-  void drop_outs(const Error &e) noexcept {
+  /// Give up on the operations in flight: fail their ops; MPI finishes sends
+  /// alone (a slot is kept until it has), receives are cancelled. A send MPI
+  /// has finished meanwhile completes as sent: the peer received it before it
+  /// closed (its acknowledgement can arrive in the same progress call as the
+  /// bye, after the sends were last tested).
+  void drop_in_flight(const Error &e) noexcept {
     for (size_t i = 0; i < out_.size(); ++i) {
+      int flag = 0;
+      if (MPI_Test(&out_reqs_[i], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag) {
+        if (out_[i].slot >= 0) free_slots_.push_back(out_[i].slot);
+        if (out_[i].op) complete(*out_[i].op, LF_OK);
+        continue;
+      }
       if (out_[i].op) fail_op(*out_[i].op, e);
       if (out_[i].slot >= 0)
         t_.bury(out_reqs_[i], std::move(send_slots_[static_cast<size_t>(out_[i].slot)]));
@@ -664,6 +672,21 @@ class MpiEndpoint final : public Endpoint {
     }
     out_.clear();
     out_reqs_.clear();
+    for (auto &x : transfers_) {
+      int flag = 0;
+      if (x->sop && !x->pipe.active && !x->direct.empty() &&
+          MPI_Testall(static_cast<int>(x->direct.size()), x->direct.data(), &flag, MPI_STATUSES_IGNORE) ==
+              MPI_SUCCESS &&
+          flag) {
+        if (x->env_slot >= 0) free_slots_.push_back(x->env_slot);
+        x->env_slot = -1;
+        x->direct.clear();
+        complete(*x->sop, LF_OK);
+        continue;
+      }
+      abandon(*x, e);
+    }
+    transfers_.clear();
   }
 
   bool is_device(const void *p) const noexcept {
@@ -677,9 +700,7 @@ class MpiEndpoint final : public Endpoint {
 
   Status broken(Error e) noexcept {
     if (!broken_) broken_ = e;
-    drop_outs(e);
-    for (auto &x : transfers_) abandon(*x, e);
-    transfers_.clear();
+    drop_in_flight(e);
     return std::unexpected(e);
   }
 
@@ -1298,8 +1319,10 @@ class MpiEndpoint final : public Endpoint {
     // With no receive posted, a message is as well kept by MPI as by the
     // channel (in order, a large one still at its sender): leave it there
     // rather than note it as unexpected, and take it on the first progress
-    // after a receive is posted.
-    if (!m.has_posted()) return false;
+    // after a receive is posted. Unless sends are in flight: the peer's bye
+    // may be waiting on this stream, and it is what ends them if the peer
+    // closed.
+    if (!m.has_posted() && out_.empty() && transfers_.empty()) return false;
     int flag = 0;
     MPI_Message msg = MPI_MESSAGE_NULL;
     MPI_Status status{};
