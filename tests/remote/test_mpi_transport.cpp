@@ -267,8 +267,8 @@ TEST_F(MpiTransport, DirectMessagesOfOtherTagsAreNotHeldBack) {
 }
 
 // A direct message that arrived before its receive (so the channel holds it
-// as unexpected) and is never received: closing the channel lets it go, and
-// the sender's send ends with LF_ERR_PEER_GONE instead of waiting forever.
+// as unexpected) and is never received: the receiver closes, and the
+// sender's send ends with LF_ERR_PEER_GONE, not as delivered and not never.
 TEST_F(MpiTransport, UnreceivedDirectMessageFailsItsSendWhenThePeerCloses) {
   lf_channel_t extra = nullptr;
   ASSERT_EQ(lf_channel_open(g_ctx, 1 - g_rank, &extra), LF_OK) << lf_last_error();

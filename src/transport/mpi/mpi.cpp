@@ -208,12 +208,14 @@ class MpiLargeIncoming final : public Incoming {
 
 /// A direct-stream message taken off MPI's queue by MPI_Improbe before its
 /// receive was posted: MPI keeps it (a large one stays at the sender) until
-/// MPI_Imrecv.
+/// MPI_Imrecv. Dropped unreceived (its channel closed), it stays with MPI,
+/// like the payload of an unexpected large message of the ring: receiving it
+/// then would end its send as delivered although nobody received it, and
+/// could read memory whose sender has been told the send failed.
 class MpiDirectIncoming final : public Incoming {
  public:
   MpiDirectIncoming(uint64_t tag, size_t n, MPI_Message msg, MpiEndpoint *ep) noexcept
       : Incoming(tag, n), msg_(msg), ep_(ep) {}
-  ~MpiDirectIncoming() override;
   void deliver(RecvOp &op) noexcept override;
 
  private:
@@ -478,9 +480,6 @@ class MpiEndpoint final : public Endpoint {
     Error closed = make_error(LF_ERR_CLOSED, "channel was closed");
     {
       auto lock = t_.mpi_lock();
-      // Messages the channel dropped unreceived first: the peer fails their
-      // sends once it sees the bye, and may then reuse their memory.
-      discard_dropped();
       // Tell the peer, unless the connection already failed.
       if (!broken_) {
         Envelope bye;
@@ -540,7 +539,6 @@ class MpiEndpoint final : public Endpoint {
   Status progress(Matcher &m) noexcept override {
     if (broken_) return std::unexpected(*broken_);
     auto lock = t_.mpi_lock();
-    if (!dropped_.empty()) discard_dropped();
     // Sends first: their completion frees slots and lets the peer go on.
     // One MPI_Testsome for all of them: an MPI_Test each would run MPI's
     // progress engine once per send still in flight.
@@ -604,17 +602,10 @@ class MpiEndpoint final : public Endpoint {
     begin_direct_recv(op, msg, tag, n);
   }
 
-  void discard_dropped() noexcept {
-    for (auto [msg, n] : dropped_) discard(msg, n);
-    dropped_.clear();
-  }
-
-  /// Take a probed message nobody will receive, so MPI can let it go: into
-  /// memory kept until MPI is done with it (MPI lock held).
+  /// Take a probed message whose receive failed (no memory, or the channel
+  /// broke), so the stream goes on: into memory kept until MPI is done with
+  /// it (MPI lock held).
   void discard(MPI_Message msg, size_t n) noexcept {
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (finalized) return;
     std::unique_ptr<char[]> mem(new (std::nothrow) char[n ? n : 1]);
     MPI_Request req;
     if (mem && MPI_Imrecv(mem.get(), static_cast<int>(n), MPI_BYTE, &msg, &req) == MPI_SUCCESS)
@@ -623,18 +614,6 @@ class MpiEndpoint final : public Endpoint {
 
   void deliver_unexpected(RecvOp &op, uint64_t tag, const char *data, size_t n) noexcept {
     deliver_eager(op, !op.want_buffer && is_device(op.data), tag, data, n);
-  }
-
-  /// An unexpected direct message the channel dropped unreceived (it closed,
-  /// or could not queue it). Its destructor may run where the MPI lock is
-  /// already held (progress() adding it to the channel), so the message is
-  /// taken off MPI later, by discard_dropped(), under the lock.
-  void drop_unreceived(MPI_Message msg, size_t n) noexcept {
-    try {
-      dropped_.push_back({msg, n});
-    } catch (const std::bad_alloc &) {
-      // MPI keeps it; the stream is not affected.
-    }
   }
 
  private:
@@ -652,10 +631,10 @@ class MpiEndpoint final : public Endpoint {
   };
 
   /// Give up on the operations in flight: fail their ops; MPI finishes sends
-  /// alone (a slot is kept until it has), receives are cancelled. A send MPI
-  /// has finished meanwhile completes as sent: the peer received it before it
-  /// closed (its acknowledgement can arrive in the same progress call as the
-  /// bye, after the sends were last tested).
+  /// alone (a slot is kept until it has), receives are cancelled. An
+  /// operation MPI has finished meanwhile completes as it would have: a send
+  /// the peer received before it closed, say (its acknowledgement can arrive
+  /// in the same progress call as the bye, after the sends were last tested).
   void drop_in_flight(const Error &e) noexcept {
     for (size_t i = 0; i < out_.size(); ++i) {
       int flag = 0;
@@ -673,17 +652,9 @@ class MpiEndpoint final : public Endpoint {
     out_.clear();
     out_reqs_.clear();
     for (auto &x : transfers_) {
-      int flag = 0;
-      if (x->sop && !x->pipe.active && !x->direct.empty() &&
-          MPI_Testall(static_cast<int>(x->direct.size()), x->direct.data(), &flag, MPI_STATUSES_IGNORE) ==
-              MPI_SUCCESS &&
-          flag) {
-        if (x->env_slot >= 0) free_slots_.push_back(x->env_slot);
-        x->env_slot = -1;
-        x->direct.clear();
-        complete(*x->sop, LF_OK);
-        continue;
-      }
+      // One last test (a pipeline is not stepped: that would start more).
+      if (!x->pipe.active)
+        if (auto done = advance(*x); done && *done) continue;
       abandon(*x, e);
     }
     transfers_.clear();
@@ -1380,7 +1351,6 @@ class MpiEndpoint final : public Endpoint {
   std::vector<int> out_done_;
   std::vector<std::unique_ptr<Transfer>> transfers_;
   std::vector<std::unique_ptr<Transfer>> spare_;
-  std::vector<std::pair<MPI_Message, size_t>> dropped_;  // see drop_unreceived()
 #if LAVAFLOW_HAVE_CUDA
   cudaStream_t stream_ = nullptr;
 #endif
@@ -1392,14 +1362,7 @@ class MpiEndpoint final : public Endpoint {
 
 void MpiEagerIncoming::deliver(RecvOp &op) noexcept { ep_->deliver_unexpected(op, tag(), copy_.get(), size()); }
 void MpiLargeIncoming::deliver(RecvOp &op) noexcept { ep_->start_large(op, env_); }
-void MpiDirectIncoming::deliver(RecvOp &op) noexcept {
-  MPI_Message msg = msg_;
-  msg_ = MPI_MESSAGE_NULL;
-  ep_->start_direct(op, msg, tag(), size());
-}
-MpiDirectIncoming::~MpiDirectIncoming() {
-  if (msg_ != MPI_MESSAGE_NULL) ep_->drop_unreceived(msg_, size());
-}
+void MpiDirectIncoming::deliver(RecvOp &op) noexcept { ep_->start_direct(op, msg_, tag(), size()); }
 
 Result<std::unique_ptr<Endpoint>> MpiTransport::connect(World &world, int peer, Deadline) {
   if (comm_ == MPI_COMM_NULL) return LF_FAIL(LF_ERR_UNAVAILABLE, "mpi transport did not start");
