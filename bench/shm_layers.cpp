@@ -227,7 +227,7 @@ int main(int argc, char **argv) {
     auto &reqs = capi::requests();
     const double t_handle = ns_per_call([&] {
       auto [h, slot] = reqs.acquire();
-      reqs.release(reinterpret_cast<void *>(static_cast<uintptr_t>(h)));
+      reqs.retire(reinterpret_cast<void *>(static_cast<uintptr_t>(h)), [](capi::RequestSlot &) {});
     });
     std::shared_ptr<Channel> sp = *ch, other;
     const double t_shared = ns_per_call([&] {
@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
       asm volatile("" ::"r"(&slot) : "memory");
     });
     std::printf("# C API bookkeeping per request, no message moved:\n");
-    std::printf("handle table acquire + release (std::mutex each)  %6.1f ns\n", t_handle);
+    std::printf("handle table acquire + retire (spin lock each)    %6.1f ns\n", t_handle);
     std::printf("shared_ptr<Channel> copy + reset (atomic inc/dec)  %6.1f ns\n", t_shared);
     std::printf("SendOp{} + RecvOp{} reset of the request slot      %6.1f ns\n", t_reset);
     std::printf("one-way = one request on each side: about %.1f ns of the %+.1f ns\n", t_handle + t_shared + t_reset,

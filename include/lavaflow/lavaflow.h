@@ -11,7 +11,24 @@
  *    that they can grow without breaking callers compiled against older
  *    headers. Always initialise them with the macro.
  *  - No call crashes on bad input: NULL handles, out-of-range ranks, closed
- *    or finalized handles and absurd sizes are reported as errors.
+ *    or finalized handles, a handle of the wrong type (a request passed as a
+ *    channel) and absurd sizes are reported as errors.
+ *
+ * Threading (like MPI_THREAD_MULTIPLE): any call may come from any thread.
+ *  - Calls on different channels are independent and do not serialise on
+ *    each other; one thread per peer, each on its own channel, is the
+ *    intended pattern and needs no progress thread.
+ *  - Calls on one channel are safe from several threads (one sending while
+ *    another receives, say). Messages keep their per-tag order as posted;
+ *    the order between two threads' posts is whatever order they reached
+ *    the channel in.
+ *  - A request is waited or tested by one thread at a time: a second thread
+ *    calling lf_wait/lf_test/lf_wait_timeout on it meanwhile gets
+ *    LF_ERR_INVALID_ARG, never a second completion. lf_cancel may come from
+ *    any thread at any time.
+ *  - Closing a channel or finalizing a context while other threads use it
+ *    makes their calls fail with LF_ERR_CLOSED; it never frees memory they
+ *    still use.
  */
 #ifndef LAVAFLOW_LAVAFLOW_H
 #define LAVAFLOW_LAVAFLOW_H
@@ -44,6 +61,7 @@ typedef int32_t lf_status_t;
 #define LF_ERR_PROTOCOL (-10)   /**< Malformed data arrived from a peer. */
 #define LF_ERR_INTERNAL (-11)   /**< A bug in lavaflow; please report it. */
 #define LF_ERR_NOT_FOUND (-12)  /**< A named item (transport, tunable, file) does not exist. */
+#define LF_ERR_CANCELLED (-13)  /**< The request was cancelled (lf_cancel) before it completed. */
 
 /** Static name of a status code, e.g. "LF_ERR_PEER_GONE". Never NULL. */
 const char *lf_status_string(lf_status_t status);
@@ -178,7 +196,7 @@ lf_memory_kind_t lf_buffer_kind(lf_buffer_t buf);
 /** The kind that was asked for. */
 lf_memory_kind_t lf_buffer_requested_kind(lf_buffer_t buf);
 
-/** Why the buffer is not of the kind asked for; "" when it is. */
+/** Why the buffer is not of the kind asked for; "" when it is. Valid until the process exits. */
 const char *lf_buffer_fallback_reason(lf_buffer_t buf);
 
 /** NUMA node the memory really lives on (-1 if unknown or device memory). */
@@ -288,7 +306,11 @@ lf_status_t lf_channel_open_ex(lf_context_t ctx, int peer, const lf_channel_para
 /** Close a channel; pending requests complete with LF_ERR_CLOSED. */
 lf_status_t lf_channel_close(lf_channel_t ch);
 
-/** Name of the transport this channel uses ("self", "shm", "tcp", "mpi", ...). */
+/**
+ * Name of the transport this channel uses ("self", "shm", "tcp", "mpi", ...).
+ * This string and lf_channel_reason's stay valid after the channel is closed,
+ * until the process exits.
+ */
 const char *lf_channel_transport(lf_channel_t ch);
 
 /** One line explaining the choice, e.g. "local scope, same IPC namespace: shm". */
@@ -360,6 +382,48 @@ lf_status_t lf_irecv_buffer(lf_channel_t ch, uint64_t tag, lf_request_t *req);
 
 /** Wait for an lf_irecv_buffer request, free it, and return the buffer. */
 lf_status_t lf_wait_buffer(lf_request_t req, lf_buffer_t *out, lf_completion_t *info);
+
+/**
+ * Ask to cancel a request. Returns LF_OK for a live request (and an error for
+ * a bad handle); the request's wait then tells the outcome: LF_ERR_CANCELLED
+ * if it was cancelled, its normal result if it completed first. A posted
+ * receive that has not matched a message is always cancelled, and never
+ * swallows a message: a message that arrives later goes to the next matching
+ * receive. A send is cancelled only if the transport has not started it
+ * (today's transports start every send when it is posted, so a send
+ * completes normally). Each request ends with exactly one status.
+ */
+lf_status_t lf_cancel(lf_request_t req);
+
+/**
+ * lf_wait with a deadline: returns LF_ERR_TIMEOUT after `timeout_ms`
+ * milliseconds (0: just test; negative: no deadline) and leaves the request
+ * valid, to be waited again, tested or cancelled. On completion it frees the
+ * request and returns its status, as lf_wait does.
+ */
+lf_status_t lf_wait_timeout(lf_request_t req, int64_t timeout_ms, size_t *bytes);
+
+/**
+ * Wait until one of `n` requests completes; frees that one, sets *index to
+ * its position and returns its status (*bytes as lf_wait). NULL entries are
+ * skipped; with no non-NULL entry it returns LF_ERR_INVALID_ARG. The others
+ * stay valid.
+ */
+lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_t *bytes);
+
+/**
+ * Wait for all `n` requests and free them; NULL entries are skipped, and each
+ * entry is set to NULL once freed. Returns LF_OK, or the first failure's
+ * status (every request is still waited and freed).
+ */
+lf_status_t lf_waitall(lf_request_t *reqs, size_t n);
+
+/**
+ * LF_OK while the channel is healthy, else the error that broke it
+ * (LF_ERR_PEER_GONE, LF_ERR_PROTOCOL, ...; LF_ERR_CLOSED once closed), with
+ * lf_last_error() saying why. Never blocks.
+ */
+lf_status_t lf_channel_status(lf_channel_t ch);
 
 /** Start (1) or stop (0) a background progress thread for this context. */
 lf_status_t lf_progress_thread(lf_context_t ctx, int enable);

@@ -2,6 +2,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <unordered_set>
 
 #include "capi/capi_internal.hpp"
 #include "core/log.hpp"
@@ -9,16 +11,16 @@
 
 namespace lf::capi {
 
-HandleTable<ContextSlot> &contexts() noexcept {
-  static HandleTable<ContextSlot> t;
+ContextTable &contexts() noexcept {
+  static ContextTable t;
   return t;
 }
-HandleTable<ChannelSlot> &channels() noexcept {
-  static HandleTable<ChannelSlot> t;
+ChannelTable &channels() noexcept {
+  static ChannelTable t;
   return t;
 }
-HandleTable<RequestSlot> &requests() noexcept {
-  static HandleTable<RequestSlot> t;
+RequestTable &requests() noexcept {
+  static RequestTable t;
   return t;
 }
 
@@ -30,6 +32,17 @@ lf_status_t fail(lf_status_t code, const char *fmt, ...) noexcept {
   va_end(ap);
   set_last_error(code, buf);
   return code;
+}
+
+const char *intern(const std::string &s) noexcept {
+  static std::mutex mu;
+  static std::unordered_set<std::string> *texts = new std::unordered_set<std::string>;  // never destroyed
+  try {
+    std::lock_guard g(mu);
+    return texts->insert(s).first->c_str();
+  } catch (const std::bad_alloc &) {
+    return "(out of memory)";
+  }
 }
 
 Context *context_of(lf_context_t h) noexcept {
@@ -79,7 +92,7 @@ LF_API lf_status_t lf_init(lf_context_t *out) {
     auto [h, slot] = contexts().acquire();
     if (!slot) return fail(LF_ERR_NO_MEMORY, "lf_init: no free context handle");
     slot->ctx = std::move(*ctx);
-    *out = HandleTable<ContextSlot>::to_handle<lf_context_t>(h);
+    *out = ContextTable::to_handle<lf_context_t>(h);
     return LF_OK;
   });
 }
@@ -95,8 +108,9 @@ LF_API lf_status_t lf_finalize(lf_context_t h) {
       if (s.owner == h) mine.push_back(ch_handle);
     });
     for (void *c : mine) lf_channel_close(static_cast<lf_channel_t>(c));
-    std::shared_ptr<Context> keep = std::move(contexts().get(h)->ctx);
-    contexts().release(h);
+    std::shared_ptr<Context> keep;
+    if (!contexts().retire(h, [&](ContextSlot &s) { keep = std::move(s.ctx); }) || !keep)
+      return fail(LF_ERR_CLOSED, "lf_finalize: context was finalized by another thread");
     (void)ctx->set_progress_thread(false);
     keep.reset();  // the context goes once the last request referencing it is freed
     return LF_OK;

@@ -3,6 +3,7 @@
 
 #include "capi/capi_internal.hpp"
 #include "capi/capi_memory.hpp"
+#include "core/config.hpp"
 
 using namespace lf;
 using namespace lf::capi;
@@ -13,30 +14,23 @@ namespace {
 // size_t), not a message: refuse it before any transport sees it.
 constexpr size_t kMaxMessage = size_t(1) << 46;
 
-// The live slot behind `h`: one table lookup per call, whose result the
-// caller keeps (its `ch` is never null).
-ChannelSlot *slot_of(lf_channel_t h, lf_status_t &code) noexcept {
+// The channel behind `h`, kept alive by the returned reference even if
+// another thread closes the handle meanwhile (the copy is made with the slot
+// locked, so a close never frees it under us).
+std::shared_ptr<Channel> channel_ref(lf_channel_t h, lf_status_t &code) noexcept {
   if (!h) {
     code = fail(LF_ERR_INVALID_ARG, "channel is NULL");
     return nullptr;
   }
-  ChannelSlot *s = channels().get(h);
-  if (!s || !s->ch) {
-    code = fail(LF_ERR_CLOSED, "channel is not valid (closed or never opened)");
-    return nullptr;
-  }
-  return s;
-}
-
-Channel *channel_of(lf_channel_t h, lf_status_t &code) noexcept {
-  ChannelSlot *s = slot_of(h, code);
-  return s ? s->ch.get() : nullptr;
+  std::shared_ptr<Channel> ch;
+  channels().with_locked(h, [&](ChannelSlot &s) { ch = s.ch; });
+  if (!ch) code = fail(LF_ERR_CLOSED, "channel is not valid (closed, never opened, or not a channel handle)");
+  return ch;
 }
 
 // Argument checks shared by the non-blocking and blocking calls.
-ChannelSlot *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_status_t &code) noexcept {
-  ChannelSlot *cs = slot_of(h, code);
-  if (!cs) return nullptr;
+std::shared_ptr<Channel> send_target(lf_channel_t h, const void *data, size_t bytes, uint64_t tag,
+                                     lf_status_t &code) noexcept {
   if (!data && bytes)
     code = fail(LF_ERR_INVALID_ARG, "send: data is NULL for a %zu-byte message", bytes);
   else if (bytes > kMaxMessage)
@@ -44,37 +38,44 @@ ChannelSlot *send_target(lf_channel_t h, const void *data, size_t bytes, uint64_
   else if (tag == LF_ANY_TAG)
     code = fail(LF_ERR_INVALID_ARG, "send: LF_ANY_TAG is for receives only");
   else
-    return cs;
+    return channel_ref(h, code);
   return nullptr;
 }
 
-ChannelSlot *recv_target(lf_channel_t h, void *data, size_t capacity, lf_status_t &code) noexcept {
-  ChannelSlot *cs = slot_of(h, code);
-  if (!cs) return nullptr;
+std::shared_ptr<Channel> recv_target(lf_channel_t h, void *data, size_t capacity, lf_status_t &code) noexcept {
   if (!data && capacity)
     code = fail(LF_ERR_INVALID_ARG, "receive: data is NULL with capacity %zu", capacity);
   else if (capacity > kMaxMessage)
     code = fail(LF_ERR_INVALID_ARG, "receive: capacity %zu is not a plausible size", capacity);
   else
-    return cs;
+    return channel_ref(h, code);
   return nullptr;
 }
 
-RequestSlot *request_of(lf_request_t h, lf_status_t &code) noexcept {
+// Claim a request for waiting or testing: one thread at a time.
+RequestSlot *claim_request(lf_request_t h, const char *fn, lf_status_t &code) noexcept {
   if (!h) {
-    code = fail(LF_ERR_INVALID_ARG, "request is NULL");
+    code = fail(LF_ERR_INVALID_ARG, "%s: request is NULL", fn);
     return nullptr;
   }
-  RequestSlot *r = requests().get(h);
-  if (!r) code = fail(LF_ERR_CLOSED, "request is not valid (already completed by lf_wait, or never started)");
-  return r;
+  RequestSlot *r = nullptr;
+  switch (requests().claim(h, r)) {
+    case Lookup::ok: return r;
+    case Lookup::busy:
+      code = fail(LF_ERR_INVALID_ARG, "%s: request is being waited or tested by another thread", fn);
+      return nullptr;
+    case Lookup::stale: break;
+  }
+  code = fail(LF_ERR_CLOSED, "%s: request is not valid (already completed by a wait, never started, or not a request)",
+              fn);
+  return nullptr;
 }
 
-// Take a request slot bound to `cs`'s channel.
-lf_status_t new_request(const ChannelSlot &cs, bool is_send, RequestSlot *&slot, lf_request_t &handle) {
+// Take a request slot bound to `ch`.
+lf_status_t new_request(std::shared_ptr<Channel> ch, bool is_send, RequestSlot *&slot, lf_request_t &handle) {
   auto [id, r] = requests().acquire();
   if (!r) return fail(LF_ERR_NO_MEMORY, "no free request handle");
-  r->ch = cs.ch;
+  r->ch = std::move(ch);
   r->is_send = is_send;
   // Only the op in use is read (status(), op_status()): reset just that one.
   if (is_send)
@@ -82,15 +83,17 @@ lf_status_t new_request(const ChannelSlot &cs, bool is_send, RequestSlot *&slot,
   else
     r->recv = RecvOp{};
   slot = r;
-  handle = HandleTable<RequestSlot>::to_handle<lf_request_t>(id);
+  handle = RequestTable::to_handle<lf_request_t>(id);
   return LF_OK;
 }
 
-void free_request(lf_request_t h, RequestSlot *r) noexcept {
-  r->ch.reset();
-  r->send.buffer.reset();
-  r->recv.buffer.reset();
-  requests().release(h);
+// Free a claimed, completed request.
+void free_request(lf_request_t h) noexcept {
+  requests().retire(h, [](RequestSlot &r) {
+    r.ch.reset();
+    r.send.buffer.reset();
+    r.recv.buffer.reset();
+  });
 }
 
 lf_status_t op_status(RequestSlot *r) {
@@ -98,6 +101,39 @@ lf_status_t op_status(RequestSlot *r) {
   const std::string &err = r->is_send ? r->send.error : r->recv.error;
   if (st < 0) set_last_error(st, err.c_str());
   return st;
+}
+
+bool valid_completion(const lf_completion_t *c) noexcept {
+  return !c || (c->size >= sizeof(size_t) && c->size <= 4096);
+}
+
+void write_completion(const RequestSlot *r, lf_completion_t *out) noexcept {
+  if (!out) return;
+  lf_completion_t c = LF_COMPLETION_INIT;
+  c.bytes = r->is_send ? r->send.size : r->recv.bytes;
+  c.message_bytes = r->is_send ? r->send.size : r->recv.message_bytes;
+  c.tag = r->is_send ? r->send.tag : r->recv.matched_tag;
+  std::memcpy(reinterpret_cast<char *>(out) + sizeof(size_t), reinterpret_cast<char *>(&c) + sizeof(size_t),
+              std::min(out->size, sizeof c) - sizeof(size_t));
+}
+
+// Wait for a claimed request until `deadline`. Complete: writes `out`, frees
+// the request and returns its status. Not complete: gives the claim back and
+// returns LF_ERR_TIMEOUT.
+lf_status_t finish_claimed(lf_request_t h, RequestSlot *r, Deadline deadline, lf_completion_t *out) {
+  if (!r->ch->wait(r->status(), deadline)) {
+    requests().unclaim(h);
+    return fail(LF_ERR_TIMEOUT, "request did not complete before its deadline (it is still valid)");
+  }
+  lf_status_t st = op_status(r);
+  write_completion(r, out);
+  free_request(h);
+  return st;
+}
+
+Deadline deadline_after_ms(int64_t ms) noexcept {
+  if (ms < 0) return Deadline::max();
+  return Clock::now() + std::chrono::milliseconds(ms);
 }
 
 }  // namespace
@@ -127,7 +163,7 @@ LF_API lf_status_t lf_channel_open_ex(lf_context_t ctx_h, int peer, const lf_cha
     if (!slot) return fail(LF_ERR_NO_MEMORY, "no free channel handle");
     slot->ch = std::move(*ch);
     slot->owner = ctx_h;
-    *out = HandleTable<ChannelSlot>::to_handle<lf_channel_t>(id);
+    *out = ChannelTable::to_handle<lf_channel_t>(id);
     return LF_OK;
   });
 }
@@ -138,42 +174,53 @@ LF_API lf_status_t lf_channel_open(lf_context_t ctx, int peer, lf_channel_t *out
 
 LF_API lf_status_t lf_channel_close(lf_channel_t h) {
   return guard([&]() -> lf_status_t {
-    lf_status_t code = LF_OK;
-    ChannelSlot *s = slot_of(h, code);
-    if (!s) return code;
-    std::shared_ptr<Channel> keep = std::move(s->ch);
-    channels().release(h);
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_channel_close: channel is NULL");
+    std::shared_ptr<Channel> keep;
+    if (!channels().retire(h, [&](ChannelSlot &s) { keep = std::move(s.ch); }) || !keep)
+      return fail(LF_ERR_CLOSED, "lf_channel_close: channel is not valid (closed twice, or not a channel handle)");
+    // Requests and blocked calls on other threads hold their own references:
+    // they fail with LF_ERR_CLOSED, and the channel is freed after them.
     keep->close();
+    return LF_OK;
+  });
+}
+
+LF_API lf_status_t lf_channel_status(lf_channel_t h) {
+  return guard([&]() -> lf_status_t {
+    lf_status_t code = LF_OK;
+    std::shared_ptr<Channel> ch = channel_ref(h, code);
+    if (!ch) return code;
+    if (auto e = ch->health()) return fail(*e);
     return LF_OK;
   });
 }
 
 LF_API const char *lf_channel_transport(lf_channel_t h) {
   lf_status_t code;
-  Channel *ch = channel_of(h, code);
+  std::shared_ptr<Channel> ch = channel_ref(h, code);
   return ch ? ch->transport_name() : nullptr;
 }
 
 LF_API const char *lf_channel_reason(lf_channel_t h) {
   lf_status_t code;
-  Channel *ch = channel_of(h, code);
-  return ch ? ch->reason().c_str() : nullptr;
+  std::shared_ptr<Channel> ch = channel_ref(h, code);
+  return ch ? intern(ch->reason()) : nullptr;
 }
 
 LF_API int lf_channel_peer(lf_channel_t h) {
   lf_status_t code;
-  Channel *ch = channel_of(h, code);
+  std::shared_ptr<Channel> ch = channel_ref(h, code);
   return ch ? ch->peer() : -1;
 }
 
 LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  ChannelSlot *cs = send_target(h, data, bytes, tag, code);
-  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend: req is NULL");
+  std::shared_ptr<Channel> ch = send_target(h, data, bytes, tag, code);
+  if (!ch) return code;
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(*cs, true, r, handle)) != LF_OK) return code;
+  if ((code = new_request(std::move(ch), true, r, handle)) != LF_OK) return code;
   r->send.tag = tag;
   r->send.data = data;
   r->send.size = bytes;
@@ -184,12 +231,12 @@ LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint
 
 LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  ChannelSlot *cs = recv_target(h, data, capacity, code);
-  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv: req is NULL");
+  std::shared_ptr<Channel> ch = recv_target(h, data, capacity, code);
+  if (!ch) return code;
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(*cs, false, r, handle)) != LF_OK) return code;
+  if ((code = new_request(std::move(ch), false, r, handle)) != LF_OK) return code;
   r->recv.tag = tag;
   r->recv.data = data;
   r->recv.capacity = capacity;
@@ -201,15 +248,20 @@ LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_
 LF_API lf_status_t lf_isend_buffer(lf_channel_t h, lf_buffer_t buf, uint64_t tag, lf_request_t *req) {
   return guard([&]() -> lf_status_t {
     lf_status_t code = LF_OK;
-    ChannelSlot *cs = slot_of(h, code);
-    if (!cs) return code;
     if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: req is NULL");
     if (tag == LF_ANY_TAG) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: LF_ANY_TAG is for receives only");
+    std::shared_ptr<Channel> ch = channel_ref(h, code);
+    if (!ch) return code;
     if (!peek(buf)) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is not a live buffer");
     RequestSlot *r;
     lf_request_t handle;
-    if ((code = new_request(*cs, true, r, handle)) != LF_OK) return code;
+    if ((code = new_request(std::move(ch), true, r, handle)) != LF_OK) return code;
     BufferPtr b = unwrap_take(buf);
+    if (!b) {
+      // Freed by another thread since the check above.
+      free_request(handle);
+      return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is not a live buffer");
+    }
     r->send.tag = tag;
     r->send.data = b->data();
     r->send.size = b->size();
@@ -222,12 +274,12 @@ LF_API lf_status_t lf_isend_buffer(lf_channel_t h, lf_buffer_t buf, uint64_t tag
 
 LF_API lf_status_t lf_irecv_buffer(lf_channel_t h, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
-  ChannelSlot *cs = slot_of(h, code);
-  if (!cs) return code;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv_buffer: req is NULL");
+  std::shared_ptr<Channel> ch = channel_ref(h, code);
+  if (!ch) return code;
   RequestSlot *r;
   lf_request_t handle;
-  if ((code = new_request(*cs, false, r, handle)) != LF_OK) return code;
+  if ((code = new_request(std::move(ch), false, r, handle)) != LF_OK) return code;
   r->recv.tag = tag;
   r->recv.want_buffer = true;
   r->ch->post_recv(r->recv);
@@ -237,34 +289,36 @@ LF_API lf_status_t lf_irecv_buffer(lf_channel_t h, uint64_t tag, lf_request_t *r
 
 LF_API lf_status_t lf_test(lf_request_t h, int *done) {
   lf_status_t code = LF_OK;
-  RequestSlot *r = request_of(h, code);
-  if (!r) return code;
   if (!done) return fail(LF_ERR_INVALID_ARG, "lf_test: done is NULL");
+  RequestSlot *r = claim_request(h, "lf_test", code);
+  if (!r) return code;
   if (r->status() == LF_IN_PROGRESS) r->ch->progress();
   lf_status_t st = r->status();
   *done = st != LF_IN_PROGRESS;
-  if (st == LF_IN_PROGRESS) return LF_OK;
-  return st < 0 ? op_status(r) : LF_OK;
+  if (st < 0) op_status(r);
+  requests().unclaim(h);
+  return st < 0 ? st : LF_OK;
+}
+
+LF_API lf_status_t lf_cancel(lf_request_t h) {
+  if (!h) return fail(LF_ERR_INVALID_ARG, "lf_cancel: request is NULL");
+  // Locked briefly, not claimed: a cancel comes from another thread while
+  // the owner waits. The channel's lock orders it against matching.
+  bool live = requests().with_locked(h, [](RequestSlot &r) {
+    if (!r.is_send && r.status() == LF_IN_PROGRESS) r.ch->cancel(r.recv);
+  });
+  if (!live)
+    return fail(LF_ERR_CLOSED, "lf_cancel: request is not valid (already completed by a wait, or not a request)");
+  return LF_OK;
 }
 
 LF_API lf_status_t lf_wait_completion(lf_request_t h, lf_completion_t *out) {
   lf_status_t code = LF_OK;
-  RequestSlot *r = request_of(h, code);
-  if (!r) return code;
-  if (out && (out->size < sizeof(size_t) || out->size > 4096))
+  if (!valid_completion(out))
     return fail(LF_ERR_INVALID_ARG, "lf_completion_t.size=%zu: initialise with LF_COMPLETION_INIT", out->size);
-  r->ch->wait(r->is_send ? r->send.status : r->recv.status);
-  lf_status_t st = op_status(r);
-  if (out) {
-    lf_completion_t c = LF_COMPLETION_INIT;
-    c.bytes = r->is_send ? r->send.size : r->recv.bytes;
-    c.message_bytes = r->is_send ? r->send.size : r->recv.message_bytes;
-    c.tag = r->is_send ? r->send.tag : r->recv.matched_tag;
-    std::memcpy(reinterpret_cast<char *>(out) + sizeof(size_t), reinterpret_cast<char *>(&c) + sizeof(size_t),
-                std::min(out->size, sizeof c) - sizeof(size_t));
-  }
-  free_request(h, r);
-  return st;
+  RequestSlot *r = claim_request(h, "lf_wait", code);
+  if (!r) return code;
+  return finish_claimed(h, r, Deadline::max(), out);
 }
 
 LF_API lf_status_t lf_wait(lf_request_t h, size_t *bytes) {
@@ -274,31 +328,107 @@ LF_API lf_status_t lf_wait(lf_request_t h, size_t *bytes) {
   return st;
 }
 
+LF_API lf_status_t lf_wait_timeout(lf_request_t h, int64_t timeout_ms, size_t *bytes) {
+  return guard([&]() -> lf_status_t {
+    lf_status_t code = LF_OK;
+    RequestSlot *r = claim_request(h, "lf_wait_timeout", code);
+    if (!r) return code;
+    lf_completion_t c = LF_COMPLETION_INIT;
+    lf_status_t st = finish_claimed(h, r, deadline_after_ms(timeout_ms), &c);
+    if (bytes && (st == LF_OK || st == LF_ERR_TRUNCATED)) *bytes = c.bytes;
+    return st;
+  });
+}
+
+LF_API lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_t *bytes) {
+  return guard([&]() -> lf_status_t {
+    if (!reqs && n) return fail(LF_ERR_INVALID_ARG, "lf_waitany: reqs is NULL");
+    if (!index) return fail(LF_ERR_INVALID_ARG, "lf_waitany: index is NULL");
+    // Claim every request first, so that none is completed twice.
+    std::vector<RequestSlot *> claimed(n, nullptr);
+    lf_status_t code = LF_OK;
+    size_t live = 0;
+    auto unclaim_all = [&] {
+      for (size_t i = 0; i < n; ++i)
+        if (claimed[i]) requests().unclaim(reqs[i]);
+    };
+    for (size_t i = 0; i < n; ++i) {
+      if (!reqs[i]) continue;
+      if (!(claimed[i] = claim_request(reqs[i], "lf_waitany", code))) {
+        unclaim_all();
+        return code;
+      }
+      ++live;
+    }
+    if (live == 0) return fail(LF_ERR_INVALID_ARG, "lf_waitany: no request given (all %zu entries are NULL)", n);
+    // Poll them all; after a while, sleep briefly on one endpoint at a time.
+    int64_t spins = config::get_int("LF_SPIN_COUNT");
+    for (int64_t round = 0;; ++round) {
+      for (size_t i = 0; i < n; ++i) {
+        if (!claimed[i]) continue;
+        if (claimed[i]->status() == LF_IN_PROGRESS) claimed[i]->ch->progress();
+        if (claimed[i]->status() != LF_IN_PROGRESS) {
+          RequestSlot *r = claimed[i];
+          claimed[i] = nullptr;
+          unclaim_all();
+          lf_request_t done = reqs[i];
+          lf_status_t st = op_status(r);
+          if (bytes && (st == LF_OK || st == LF_ERR_TRUNCATED)) *bytes = r->is_send ? r->send.size : r->recv.bytes;
+          free_request(done);
+          *index = i;
+          return st;
+        }
+      }
+      if (round >= spins) {
+        size_t k = static_cast<size_t>(round) % n;
+        if (claimed[k]) claimed[k]->ch->wait_for_activity(1);
+      }
+    }
+  });
+}
+
+LF_API lf_status_t lf_waitall(lf_request_t *reqs, size_t n) {
+  if (!reqs && n) return fail(LF_ERR_INVALID_ARG, "lf_waitall: reqs is NULL");
+  lf_status_t first = LF_OK;
+  std::string why;
+  for (size_t i = 0; i < n; ++i) {
+    if (!reqs[i]) continue;
+    lf_status_t st = lf_wait(reqs[i], nullptr);
+    if (st != LF_ERR_INVALID_ARG) reqs[i] = nullptr;  // freed (busy requests stay the other waiter's)
+    if (st < 0 && first == LF_OK) {
+      first = st;
+      why = lf_last_error();
+    }
+  }
+  if (first < 0) set_last_error(first, why.c_str());
+  return first;
+}
+
 LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completion_t *info) {
   return guard([&]() -> lf_status_t {
     lf_status_t code = LF_OK;
-    RequestSlot *r = request_of(h, code);
-    if (!r) return code;
+    // Every argument is checked before the wait: afterwards the received
+    // buffer would have nowhere to go.
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_wait_buffer: out is NULL");
-    if (r->is_send || !r->recv.want_buffer)
+    if (!valid_completion(info))
+      return fail(LF_ERR_INVALID_ARG, "lf_completion_t.size=%zu: initialise with LF_COMPLETION_INIT", info->size);
+    RequestSlot *r = claim_request(h, "lf_wait_buffer", code);
+    if (!r) return code;
+    if (r->is_send || !r->recv.want_buffer) {
+      requests().unclaim(h);
       return fail(LF_ERR_INVALID_ARG, "lf_wait_buffer: request was not started by lf_irecv_buffer");
-    BufferPtr got;
+    }
     r->ch->wait(r->recv.status);
+    BufferPtr got;
     lf_status_t st = op_status(r);
     if (st == LF_OK) got = std::move(r->recv.buffer);
-    if (info) {
-      if (info->size < sizeof(size_t) || info->size > 4096)
-        return fail(LF_ERR_INVALID_ARG, "lf_completion_t.size=%zu: initialise with LF_COMPLETION_INIT", info->size);
-      lf_completion_t c = LF_COMPLETION_INIT;
-      c.bytes = r->recv.bytes;
-      c.message_bytes = r->recv.message_bytes;
-      c.tag = r->recv.matched_tag;
-      std::memcpy(reinterpret_cast<char *>(info) + sizeof(size_t), reinterpret_cast<char *>(&c) + sizeof(size_t),
-                  std::min(info->size, sizeof c) - sizeof(size_t));
-    }
-    free_request(h, r);
-    if (st == LF_OK) *out = wrap(std::move(got));
-    return st;
+    write_completion(r, info);
+    free_request(h);
+    if (st != LF_OK) return st;
+    lf_buffer_t b = wrap(std::move(got));
+    if (!b) return LF_ERR_NO_MEMORY;
+    *out = b;
+    return LF_OK;
   });
 }
 
@@ -307,9 +437,8 @@ LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completio
 // small-message latency through the C API (docs/performance.md).
 LF_API lf_status_t lf_send(lf_channel_t h, const void *data, size_t bytes, uint64_t tag) {
   lf_status_t code = LF_OK;
-  ChannelSlot *cs = send_target(h, data, bytes, tag, code);
-  if (!cs) return code;
-  std::shared_ptr<Channel> ch = cs->ch;  // stays alive if another thread closes it
+  std::shared_ptr<Channel> ch = send_target(h, data, bytes, tag, code);  // alive if another thread closes it
+  if (!ch) return code;
   SendOp op;
   op.tag = tag;
   op.data = data;
@@ -322,9 +451,8 @@ LF_API lf_status_t lf_send(lf_channel_t h, const void *data, size_t bytes, uint6
 
 LF_API lf_status_t lf_recv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, size_t *bytes) {
   lf_status_t code = LF_OK;
-  ChannelSlot *cs = recv_target(h, data, capacity, code);
-  if (!cs) return code;
-  std::shared_ptr<Channel> ch = cs->ch;
+  std::shared_ptr<Channel> ch = recv_target(h, data, capacity, code);
+  if (!ch) return code;
   RecvOp op;
   op.tag = tag;
   op.data = data;

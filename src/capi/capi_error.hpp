@@ -6,6 +6,7 @@
 
 #include <exception>
 #include <new>
+#include <string>
 
 #include "core/status.hpp"
 
@@ -17,6 +18,12 @@ inline lf_status_t fail(const Error &e) noexcept {
   return e.code;
 }
 lf_status_t fail(lf_status_t code, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+/// A copy of `s` that lives until the process exits: what the C API returns
+/// for a handle's strings (transport, reason, fallback reason), so that they
+/// stay valid after the handle is closed or freed. Equal strings share one
+/// copy, so the set stays as small as the set of distinct texts.
+const char *intern(const std::string &s) noexcept;
 
 /// Run `body` (returning lf_status_t), converting exceptions to statuses.
 template <typename F>

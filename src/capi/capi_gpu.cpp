@@ -20,8 +20,10 @@ struct KernelSlot {
 #endif
 };
 
-HandleTable<KernelSlot> &kernels() noexcept {
-  static HandleTable<KernelSlot> t;
+using KernelTable = HandleTable<KernelSlot, HandleType::kernel>;
+
+KernelTable &kernels() noexcept {
+  static KernelTable t;
   return t;
 }
 
@@ -81,7 +83,7 @@ LF_API lf_status_t lf_vulkan_kernel_create(int device, const uint32_t *spirv, si
     auto [h, slot] = kernels().acquire();
     if (!slot) return fail(LF_ERR_NO_MEMORY, "no kernel handle available");
     slot->compute = std::move(*c);
-    *out = HandleTable<KernelSlot>::to_handle<lf_vulkan_kernel_t>(h);
+    *out = KernelTable::to_handle<lf_vulkan_kernel_t>(h);
     return LF_OK;
 #else
     (void)device;
@@ -110,10 +112,9 @@ LF_API lf_status_t lf_vulkan_kernel_run(lf_vulkan_kernel_t kernel, lf_buffer_t b
 
 LF_API lf_status_t lf_vulkan_kernel_destroy(lf_vulkan_kernel_t kernel) {
   return guard([&]() -> lf_status_t {
-    KernelSlot *k = kernel ? kernels().get(kernel) : nullptr;
-    if (!k) return fail(kernel ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG, "lf_vulkan_kernel_destroy: kernel is not live");
-    *k = KernelSlot{};
-    kernels().release(kernel);
+    KernelSlot gone;
+    if (!kernel || !kernels().retire(kernel, [&](KernelSlot &k) { gone = std::move(k); }))
+      return fail(kernel ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG, "lf_vulkan_kernel_destroy: kernel is not live");
     return LF_OK;
   });
 }

@@ -33,9 +33,13 @@ struct RequestSlot {
   const lf_status_t &status() const noexcept { return is_send ? send.status : recv.status; }
 };
 
-HandleTable<ContextSlot> &contexts() noexcept;
-HandleTable<ChannelSlot> &channels() noexcept;
-HandleTable<RequestSlot> &requests() noexcept;
+using ContextTable = HandleTable<ContextSlot, HandleType::context>;
+using ChannelTable = HandleTable<ChannelSlot, HandleType::channel>;
+using RequestTable = HandleTable<RequestSlot, HandleType::request>;
+
+ContextTable &contexts() noexcept;
+ChannelTable &channels() noexcept;
+RequestTable &requests() noexcept;
 
 /// Look up a context handle; records the error and returns nullptr if bad.
 Context *context_of(lf_context_t h) noexcept;

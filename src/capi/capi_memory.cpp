@@ -27,12 +27,15 @@ struct PoolSlot {
   std::shared_ptr<Pool> pool;
 };
 
-HandleTable<BufferSlot> &buffers() noexcept {
-  static HandleTable<BufferSlot> t;
+using BufferTable = HandleTable<BufferSlot, HandleType::buffer>;
+using PoolTable = HandleTable<PoolSlot, HandleType::pool>;
+
+BufferTable &buffers() noexcept {
+  static BufferTable t;
   return t;
 }
-HandleTable<PoolSlot> &pools() noexcept {
-  static HandleTable<PoolSlot> t;
+PoolTable &pools() noexcept {
+  static PoolTable t;
   return t;
 }
 
@@ -72,15 +75,15 @@ lf_buffer_t wrap(BufferPtr b) noexcept {
     return nullptr;
   }
   slot->buf = std::move(b);
-  return HandleTable<BufferSlot>::to_handle<lf_buffer_t>(h);
+  return BufferTable::to_handle<lf_buffer_t>(h);
 }
 
 BufferPtr unwrap_take(lf_buffer_t h) noexcept {
   if (!h) return nullptr;
-  BufferSlot *s = buffers().get(h);
-  if (!s || !s->buf) return nullptr;
-  BufferPtr b = std::move(s->buf);
-  buffers().release(h);
+  // Of two threads freeing one buffer, one wins the retire and the other
+  // gets nullptr (LF_ERR_CLOSED), never the same buffer twice.
+  BufferPtr b;
+  buffers().retire(h, [&](BufferSlot &s) { b = std::move(s.buf); });
   return b;
 }
 
@@ -98,7 +101,7 @@ lf_pool_t wrap_pool(std::shared_ptr<Pool> pool) noexcept {
     return nullptr;
   }
   slot->pool = std::move(pool);
-  return HandleTable<PoolSlot>::to_handle<lf_pool_t>(h);
+  return PoolTable::to_handle<lf_pool_t>(h);
 }
 
 lf_pool_t wrap_pool(Pool &pool) noexcept {
@@ -112,8 +115,9 @@ lf_pool_t wrap_pool(Pool &pool) noexcept {
 
 std::shared_ptr<Pool> pool_of(lf_pool_t h) noexcept {
   if (!h) return nullptr;
-  PoolSlot *s = pools().get(h);
-  return s ? s->pool : nullptr;
+  std::shared_ptr<Pool> p;
+  pools().with_locked(h, [&](PoolSlot &s) { p = s.pool; });
+  return p;
 }
 
 }  // namespace lf::capi
@@ -191,7 +195,7 @@ LF_API lf_memory_kind_t lf_buffer_requested_kind(lf_buffer_t h) {
 
 LF_API const char *lf_buffer_fallback_reason(lf_buffer_t h) {
   Buffer *b = buffer_of(h, "lf_buffer_fallback_reason");
-  return b ? b->fallback_reason().c_str() : "";
+  return b ? intern(b->fallback_reason()) : "";
 }
 
 LF_API int lf_buffer_numa_node(lf_buffer_t h) {
@@ -209,10 +213,17 @@ LF_API lf_status_t lf_buffer_to_dlpack(lf_buffer_t h, uint8_t dtype_code, uint8_
   return guard([&]() -> lf_status_t {
     if (!buffer_of(h, "lf_buffer_to_dlpack")) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_buffer_to_dlpack: out is NULL");
-    BufferSlot *s = buffers().get(h);
-    auto t = to_dlpack(s->buf, dtype_code, dtype_bits);
-    if (!t) return fail(t.error());  // the buffer stays the caller's
-    buffers().release(h);            // ownership moved to the tensor
+    Result<DLManagedTensor *> t = LF_FAIL(LF_ERR_CLOSED, "lf_buffer_to_dlpack: buffer is not live");
+    // Exported and retired in one step, so a racing lf_free cannot free the
+    // buffer the tensor now owns.
+    bool retired = buffers().retire(h, [&](BufferSlot &s) {
+      if (!s.buf) return false;
+      t = to_dlpack(s.buf, dtype_code, dtype_bits);
+      if (!t) return false;  // the buffer stays the caller's
+      s.buf.reset();
+      return true;
+    });
+    if (!retired) return fail(t.error());
     *out = *t;
     return LF_OK;
   });
@@ -288,10 +299,9 @@ LF_API lf_status_t lf_pool_stats(lf_pool_t h, lf_pool_stats_t *out) {
 LF_API lf_status_t lf_pool_destroy(lf_pool_t h) {
   return guard([&]() -> lf_status_t {
     if (!h) return fail(LF_ERR_INVALID_ARG, "lf_pool_destroy: pool is NULL");
-    PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_destroy: pool is not live (destroyed twice?)");
-    std::shared_ptr<Pool> p = std::move(s->pool);
-    pools().release(h);
+    std::shared_ptr<Pool> p;
+    if (!pools().retire(h, [&](PoolSlot &s) { p = std::move(s.pool); }) || !p)
+      return fail(LF_ERR_CLOSED, "lf_pool_destroy: pool is not live (destroyed twice?)");
     p.reset();  // the last reference destroys the pool; its buffers in use stay valid
     return LF_OK;
   });

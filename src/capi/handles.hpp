@@ -1,9 +1,17 @@
-// Generation-checked handle tables for the C API.
+// Generation-checked, typed handle tables for the C API.
 //
-// A C handle is (generation << 32 | slot index + 1) dressed as a pointer.
-// Slots are never freed, so a stale handle (a request used after lf_wait, a
-// closed channel, a finalized context) is looked up safely and rejected
-// because its generation no longer matches, instead of touching freed memory.
+// A C handle is (generation << 32 | type << 24 | slot index + 1) dressed as a
+// pointer. The type byte differs per table, so a context passed where a
+// buffer is expected is refused instead of naming buffer slot 0. Slots are
+// never freed, so a stale handle (a request used after lf_wait, a closed
+// channel, a finalized context) is looked up safely and rejected because its
+// generation no longer matches, instead of touching freed memory.
+//
+// Each slot has one state word: generation, LIVE, LOCKED (a short spin lock
+// for reading or resetting the object while another thread may retire it)
+// and CLAIMED (one thread owns the slot for a long operation: a request being
+// waited). Retiring takes LOCKED, so a thread that pinned a slot never sees
+// its object reset underneath it.
 #pragma once
 
 #include <immintrin.h>
@@ -14,31 +22,43 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace lf::capi {
 
-/// The free list's lock. It is held for a push or a pop, so spinning beats a
-/// mutex: one atomic exchange to take it and a plain store to give it back
-/// (a mutex costs a call and a second atomic), paid by every request.
+/// Lock held for a few instructions: one atomic exchange to take it and a
+/// plain store to give it back (a mutex costs a call and a second atomic).
 class SpinLock {
  public:
   void lock() noexcept {
-    for (unsigned i = 0; held_.exchange(true, std::memory_order_acquire); ++i) {
-      if (i % 64 == 63)
-        std::this_thread::yield();  // the holder may have been preempted
-      else
-        _mm_pause();
-    }
+    for (unsigned i = 0; held_.exchange(true, std::memory_order_acquire); ++i) pause(i);
   }
   void unlock() noexcept { held_.store(false, std::memory_order_release); }
+  static void pause(unsigned i) noexcept {
+    if (i % 64 == 63)
+      std::this_thread::yield();  // the holder may have been preempted
+    else
+      _mm_pause();
+  }
 
  private:
   std::atomic<bool> held_{false};
 };
 
-template <typename T>
+/// Handle types: one per table, stored in bits 24..31 of a handle.
+enum class HandleType : uint8_t { context = 1, channel = 2, request = 3, buffer = 4, pool = 5, kernel = 6 };
+
+/// Why a lookup failed.
+enum class Lookup { ok, stale, busy };
+
+template <typename T, HandleType Type>
 class HandleTable {
+  static constexpr uint64_t kLive = 1, kLocked = 2, kClaimed = 4;
+  static constexpr uint32_t kIndexBits = 24;
+  static constexpr uint32_t kChunk = 4096;
+  static constexpr uint32_t kChunks = ((1u << kIndexBits) - 1) / kChunk;  // index + 1 fits in 24 bits
+
  public:
   /// Take a slot; returns the encoded handle and the slot's object, which the
   /// caller (re)initialises. Returns {0, nullptr} when out of memory.
@@ -61,36 +81,72 @@ class HandleTable {
       return {0, nullptr};
     }
     Slot &s = slot(index);
-    s.live.store(true, std::memory_order_release);
-    uint64_t h = (static_cast<uint64_t>(s.gen.load(std::memory_order_relaxed)) << 32) | (index + 1u);
-    return {h, &s.obj};
+    uint64_t gen = s.word.load(std::memory_order_relaxed) >> 32;
+    s.word.store(gen << 32 | kLive, std::memory_order_release);
+    return {encode(gen, index), &s.obj};
   }
 
-  /// The object behind a live handle, or nullptr for stale/garbage handles.
+  /// The object behind a live handle of this table's type, or nullptr. No
+  /// synchronisation with a concurrent retire: for handles whose objects are
+  /// only read (contexts, pools) or whose misuse is the caller's (a buffer
+  /// used while another thread frees it).
   T *get(const void *handle) const noexcept {
-    auto h = reinterpret_cast<uintptr_t>(handle);
-    uint32_t index = static_cast<uint32_t>(h & 0xffffffffu);
-    if (index == 0) return nullptr;
-    --index;
-    if (index / kChunk >= kChunks) return nullptr;
-    Slot *chunk = chunks_[index / kChunk].load(std::memory_order_acquire);
-    if (!chunk) return nullptr;
-    Slot &s = chunk[index % kChunk];
-    if (!s.live.load(std::memory_order_acquire) || s.gen.load(std::memory_order_relaxed) != (h >> 32)) return nullptr;
-    return &s.obj;
+    Slot *s = find(handle);
+    if (!s) return nullptr;
+    uint64_t w = s->word.load(std::memory_order_acquire);
+    return (w & kLive) && (w >> 32) == gen_of(handle) ? &s->obj : nullptr;
   }
 
-  /// Retire a live handle; its object is reset by the caller before this.
-  bool release(const void *handle) noexcept {
-    if (!get(handle)) return false;
-    auto h = reinterpret_cast<uintptr_t>(handle);
-    uint32_t index = static_cast<uint32_t>(h & 0xffffffffu) - 1;
+  /// Run `f(obj)` with the slot locked (briefly: copy a shared_ptr out).
+  /// Returns false for a stale or foreign handle.
+  template <typename F>
+  bool with_locked(const void *handle, F &&f) noexcept {
+    Slot *s = find(handle);
+    if (!s || !lock(*s, gen_of(handle))) return false;
+    f(s->obj);
+    s->word.fetch_and(~kLocked, std::memory_order_release);
+    return true;
+  }
+
+  /// Claim a live handle for a long operation (one thread at a time); the
+  /// claimer later calls unclaim() or retire().
+  Lookup claim(const void *handle, T *&obj) noexcept {
+    Slot *s = find(handle);
+    if (!s) return Lookup::stale;
+    uint64_t want = gen_of(handle);
+    uint64_t w = s->word.load(std::memory_order_relaxed);
+    for (;;) {
+      if (!(w & kLive) || (w >> 32) != want) return Lookup::stale;
+      if (w & kClaimed) return Lookup::busy;
+      if (s->word.compare_exchange_weak(w, w | kClaimed, std::memory_order_acquire, std::memory_order_relaxed)) break;
+    }
+    obj = &s->obj;
+    return Lookup::ok;
+  }
+  void unclaim(const void *handle) noexcept {
+    if (Slot *s = find(handle)) s->word.fetch_and(~kClaimed, std::memory_order_release);
+  }
+
+  /// Retire a live handle: `reset(obj)` runs with the slot locked, then the
+  /// generation moves on and the slot is free. Returns false (and runs
+  /// nothing) for a stale or foreign handle, so of two racing retires one
+  /// wins. A `reset` that returns bool keeps the handle live by returning
+  /// false (retire then returns false too).
+  template <typename F>
+  bool retire(const void *handle, F &&reset) noexcept {
+    Slot *s = find(handle);
+    if (!s || !lock(*s, gen_of(handle))) return false;
+    if constexpr (std::is_same_v<decltype(reset(s->obj)), bool>) {
+      if (!reset(s->obj)) {
+        s->word.fetch_and(~kLocked, std::memory_order_release);
+        return false;
+      }
+    } else {
+      reset(s->obj);
+    }
+    uint32_t index = index_of(handle);
     std::lock_guard g(free_lock_);
-    Slot &s = slot(index);
-    if (!s.live.load(std::memory_order_relaxed)) return false;
-    s.live.store(false, std::memory_order_release);
-    // Writers are serialised by the lock: no atomic read-modify-write needed.
-    s.gen.store(s.gen.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    s->word.store((gen_of(handle) + 1) << 32, std::memory_order_release);
     try {
       free_.push_back(index);
     } catch (const std::bad_alloc &) {
@@ -105,8 +161,8 @@ class HandleTable {
     std::lock_guard g(free_lock_);
     for (uint32_t i = 0; i < next_; ++i) {
       Slot &s = slot(i);
-      if (s.live.load(std::memory_order_relaxed))
-        f(reinterpret_cast<void *>((static_cast<uint64_t>(s.gen.load()) << 32) | (i + 1u)), s.obj);
+      uint64_t w = s.word.load(std::memory_order_acquire);
+      if (w & kLive) f(reinterpret_cast<void *>(encode(w >> 32, i)), s.obj);
     }
   }
 
@@ -117,15 +173,41 @@ class HandleTable {
 
  private:
   struct Slot {
-    std::atomic<uint32_t> gen{1};
-    std::atomic<bool> live{false};
+    std::atomic<uint64_t> word{uint64_t(1) << 32};  // generation 1, not live
     T obj;
   };
-  static constexpr uint32_t kChunk = 4096;
-  static constexpr uint32_t kChunks = 4096;
+  static uint64_t encode(uint64_t gen, uint32_t index) noexcept {
+    return gen << 32 | uint64_t(static_cast<uint8_t>(Type)) << kIndexBits | (index + 1u);
+  }
+  static uint64_t gen_of(const void *h) noexcept { return reinterpret_cast<uintptr_t>(h) >> 32; }
+  static uint32_t index_of(const void *h) noexcept {
+    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(h) & ((1u << kIndexBits) - 1)) - 1;
+  }
+  Slot *find(const void *handle) const noexcept {
+    auto h = reinterpret_cast<uintptr_t>(handle);
+    if (((h >> kIndexBits) & 0xff) != static_cast<uint8_t>(Type)) return nullptr;
+    if ((h & ((1u << kIndexBits) - 1)) == 0) return nullptr;
+    uint32_t index = index_of(handle);
+    if (index / kChunk >= kChunks) return nullptr;
+    Slot *chunk = chunks_[index / kChunk].load(std::memory_order_acquire);
+    return chunk ? &chunk[index % kChunk] : nullptr;
+  }
+  // Take LOCKED on a live slot of generation `gen`; false once it is not.
+  static bool lock(Slot &s, uint64_t gen) noexcept {
+    uint64_t w = s.word.load(std::memory_order_relaxed);
+    for (unsigned i = 0;; ++i) {
+      if (!(w & kLive) || (w >> 32) != gen) return false;
+      if (!(w & kLocked) &&
+          s.word.compare_exchange_weak(w, w | kLocked, std::memory_order_acquire, std::memory_order_relaxed))
+        return true;
+      SpinLock::pause(i);
+      w = s.word.load(std::memory_order_relaxed);
+    }
+  }
   Slot &slot(uint32_t index) const noexcept {
     return chunks_[index / kChunk].load(std::memory_order_acquire)[index % kChunk];
   }
+
   SpinLock free_lock_;
   std::array<std::atomic<Slot *>, kChunks> chunks_{};
   std::vector<uint32_t> free_;

@@ -22,7 +22,7 @@ Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const Cha
   std::shared_ptr<Channel> ch(new Channel(ctx, peer));
   ch->transport_name_ = sel->transport->name();
   ch->reason_ = std::move(sel->reason);
-  ch->endpoint_ = std::move(*ep);
+  ch->endpoint_ = std::shared_ptr<Endpoint>(std::move(*ep));
   ch->spin_count_ = config::get_int("LF_SPIN_COUNT");
   ctx.add_channel(ch.get());
   return ch;
@@ -30,21 +30,15 @@ Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const Cha
 
 Channel::~Channel() { close(); }
 
-std::unique_lock<std::mutex> Channel::maybe_lock() noexcept {
-  // Without a progress thread one thread drives a channel at a time, so the
-  // fast path skips the mutex.
-  return ctx_.threaded() ? std::unique_lock(mu_) : std::unique_lock<std::mutex>();
-}
-
 void Channel::post_send(SendOp &op) noexcept {
-  auto lock = maybe_lock();
+  std::lock_guard lock(mu_);
   if (broken_) return fail_op(op, *broken_);
   if (!endpoint_) return fail_op(op, make_error(LF_ERR_CLOSED, "channel is closed"));
   endpoint_->send(op);
 }
 
 void Channel::post_recv(RecvOp &op) noexcept {
-  auto lock = maybe_lock();
+  std::lock_guard lock(mu_);
   // A message already waiting goes first: the earliest match in arrival order.
   for (auto it = unexpected_.begin(); it != unexpected_.end(); ++it) {
     if (op.tag == LF_ANY_TAG || (*it)->tag() == op.tag) {
@@ -89,14 +83,23 @@ void Channel::add_unexpected(std::unique_ptr<Incoming> msg) noexcept {
 }
 
 void Channel::progress() noexcept {
-  auto lock = maybe_lock();
+  std::lock_guard lock(mu_);
   progress_locked();
+}
+
+void Channel::try_progress() noexcept {
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (lock.owns_lock()) progress_locked();
 }
 
 void Channel::progress_locked() noexcept {
   if (!endpoint_ || broken_) return;
   if (auto st = endpoint_->progress(*this); !st) {
-    LF_LOG(warn, "channel to rank %d (%s) broke: %s", peer_, transport_name_.c_str(), st.error().message.c_str());
+    // A peer that closed or exited is part of a job's life, not a fault.
+    if (st.error().code == LF_ERR_PEER_GONE)
+      LF_LOG(info, "channel to rank %d (%s) ended: %s", peer_, transport_name_, st.error().message.c_str());
+    else
+      LF_LOG(warn, "channel to rank %d (%s) broke: %s", peer_, transport_name_, st.error().message.c_str());
     fail_all(st.error());
   }
 }
@@ -109,7 +112,7 @@ void Channel::fail_all(const Error &e) noexcept {
   }
 }
 
-void Channel::wait(const lf_status_t &status) noexcept {
+bool Channel::wait(const lf_status_t &status, Deadline deadline) noexcept {
   // Volatile read: another thread (the progress thread) may complete it.
   auto done = [&] { return __atomic_load_n(&status, __ATOMIC_ACQUIRE) != LF_IN_PROGRESS; };
   for (int64_t i = 0; !done(); ++i) {
@@ -117,24 +120,61 @@ void Channel::wait(const lf_status_t &status) noexcept {
     if (done()) break;
     // Other channels may need this rank's progress to finish what the peer
     // is waiting for (rendezvous, bounce buffers): sweep them now and then.
-    if ((i & 15) == 15) ctx_.progress_all(this);
-    if (i >= spin_count_) {
-      auto lock = maybe_lock();
-      if (!endpoint_) break;
-      Endpoint *ep = endpoint_.get();
-      lock = {};
-      ep->wait_for_activity(1);
+    // The sweep skips channels another thread is driving.
+    if ((i & 15) == 15) {
+      ctx_.progress_all(this);
+      if (deadline != Deadline::max() && Clock::now() >= deadline) return done();
+    }
+    if (i >= spin_count_) wait_for_activity(1);
+  }
+  return true;
+}
+
+void Channel::wait_for_activity(int timeout_ms) noexcept {
+  std::shared_ptr<Endpoint> ep;
+  {
+    std::lock_guard lock(mu_);
+    if (!endpoint_ || broken_) return;
+    ep = endpoint_;
+  }
+  // Unlocked, so that other threads can send and receive meanwhile; `ep`
+  // keeps the endpoint alive if another thread closes the channel.
+  ep->wait_for_activity(timeout_ms);
+}
+
+bool Channel::cancel(RecvOp &op) noexcept {
+  std::lock_guard lock(mu_);
+  for (auto it = posted_.begin(); it != posted_.end(); ++it) {
+    if (*it == &op) {
+      posted_.erase(it);
+      fail_op(op, make_error(LF_ERR_CANCELLED, "receive was cancelled"));
+      return true;
     }
   }
+  return false;
+}
+
+std::optional<Error> Channel::health() noexcept {
+  try_progress();  // notice a peer that died since the last call
+  std::lock_guard lock(mu_);
+  if (broken_) return broken_;
+  if (!endpoint_) return make_error(LF_ERR_CLOSED, "channel is closed");
+  return std::nullopt;
 }
 
 void Channel::close() noexcept {
   ctx_.remove_channel(this);
-  auto lock = maybe_lock();
-  Error closed = make_error(LF_ERR_CLOSED, "channel was closed");
-  fail_all(closed);
-  unexpected_.clear();
-  endpoint_.reset();  // fails the ops the endpoint still held
+  std::shared_ptr<Endpoint> ep;
+  {
+    std::lock_guard lock(mu_);
+    Error closed = make_error(LF_ERR_CLOSED, "channel was closed");
+    fail_all(closed);
+    unexpected_.clear();
+    ep = std::move(endpoint_);
+  }
+  // Dropped unlocked: its destructor fails the ops it still held, and may
+  // wait briefly for the peer. A waiter still holding it destroys it last.
+  ep.reset();
 }
 
 }  // namespace lf

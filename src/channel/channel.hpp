@@ -2,6 +2,12 @@
 // transport endpoint. The channel owns matching (posted receives and
 // unexpected messages, both FIFO: MPI's non-overtaking rule); the endpoint
 // moves the bytes.
+//
+// Threading: every call may come from any thread. The channel's mutex is
+// held around everything that touches the queues or the endpoint (posting,
+// progress, cancel, close); a waiter drops it while it sleeps, keeping the
+// endpoint alive through a shared_ptr, so a close racing a wait never frees
+// what the waiter still uses.
 #pragma once
 
 #include <deque>
@@ -30,9 +36,8 @@ class Channel final : public Matcher {
   ~Channel() override;
 
   int peer() const noexcept { return peer_; }
-  const char *transport_name() const noexcept { return transport_name_.c_str(); }
+  const char *transport_name() const noexcept { return transport_name_; }
   const std::string &reason() const noexcept { return reason_; }
-  bool closed() const noexcept { return !endpoint_; }
 
   /// Start an operation; `op` must stay valid until its status leaves
   /// LF_IN_PROGRESS. Errors complete the op at once.
@@ -40,8 +45,20 @@ class Channel final : public Matcher {
   void post_recv(RecvOp &op) noexcept;
   /// Drive the endpoint once.
   void progress() noexcept;
-  /// Spin, then sleep on the endpoint, until `status` leaves LF_IN_PROGRESS.
-  void wait(const lf_status_t &status) noexcept;
+  /// Drive the endpoint once unless another thread is driving it now.
+  void try_progress() noexcept;
+  /// Spin, then sleep on the endpoint, until `status` leaves LF_IN_PROGRESS
+  /// or `deadline` passes; returns whether it left LF_IN_PROGRESS.
+  bool wait(const lf_status_t &status, Deadline deadline = Deadline::max()) noexcept;
+  /// Sleep up to `timeout_ms` until the endpoint may have work.
+  void wait_for_activity(int timeout_ms) noexcept;
+  /// Cancel a posted receive that has not matched a message: it completes
+  /// with LF_ERR_CANCELLED and returns true. A receive already matched (or
+  /// done) is left to complete normally; returns false.
+  bool cancel(RecvOp &op) noexcept;
+  /// The error that broke the channel (peer gone, protocol error, closed),
+  /// or nullopt while it is healthy. Never blocks.
+  std::optional<Error> health() noexcept;
   /// Fail pending operations with LF_ERR_CLOSED and drop the connection.
   void close() noexcept;
 
@@ -53,14 +70,13 @@ class Channel final : public Matcher {
   Channel(Context &ctx, int peer) : owner_(ctx.shared_from_this()), ctx_(ctx), peer_(peer) {}
   void progress_locked() noexcept;
   void fail_all(const Error &e) noexcept;
-  std::unique_lock<std::mutex> maybe_lock() noexcept;
 
   std::shared_ptr<Context> owner_;  ///< Keeps the context alive while requests reference the channel.
   Context &ctx_;
   int peer_;
-  std::string transport_name_;
+  const char *transport_name_ = "";  ///< The transport's static name.
   std::string reason_;
-  std::unique_ptr<Endpoint> endpoint_;
+  std::shared_ptr<Endpoint> endpoint_;  ///< Shared with waiters that sleep on it unlocked.
   std::deque<RecvOp *> posted_;
   std::deque<std::unique_ptr<Incoming>> unexpected_;
   std::optional<Error> broken_;

@@ -107,7 +107,7 @@ void Context::progress_all(Channel *skip) noexcept {
   std::unique_lock g(channels_mu_, std::try_to_lock);
   if (!g.owns_lock()) return;  // another thread is already sweeping
   for (Channel *ch : channels_)
-    if (ch != skip) ch->progress();
+    if (ch != skip) ch->try_progress();
 }
 
 Status Context::set_progress_thread(bool on) {

@@ -76,6 +76,7 @@ const char *status_string(lf_status_t s) noexcept {
     case LF_ERR_PROTOCOL: return "LF_ERR_PROTOCOL";
     case LF_ERR_INTERNAL: return "LF_ERR_INTERNAL";
     case LF_ERR_NOT_FOUND: return "LF_ERR_NOT_FOUND";
+    case LF_ERR_CANCELLED: return "LF_ERR_CANCELLED";
     default: return "LF_ERR_UNKNOWN";
   }
 }

@@ -22,9 +22,22 @@
 //  3. When the connection breaks (peer died, protocol error), fail every op
 //     the endpoint holds with the error and return it from progress(); the
 //     channel then fails its posted receives and refuses new operations.
+//     Messages already handed to the Matcher (matched, or queued as
+//     unexpected) stay deliverable; messages the endpoint had not yet taken
+//     from the peer are lost with the connection. A transport with several
+//     internal streams (shm's control and data rings, mpi's ring and direct
+//     stream) promises no order between an error on one and data on another.
+//     An orderly close by the peer is LF_ERR_PEER_GONE, not a protocol error.
 //  4. The destructor completes every op still held with LF_ERR_CLOSED and
 //     must not block for long (the peer may be gone).
 //  5. Nothing on the data path throws; allocate on the slow path only.
+//  6. Threads: the channel calls send(), progress() and the destructor with
+//     its mutex held, so they never run concurrently on one endpoint. It
+//     calls wait_for_activity() WITHOUT the mutex, from any number of
+//     threads, while another thread may be in send() or progress(): that
+//     function may only touch what is safe to race (fds, atomics). The
+//     endpoint outlives every such call (the channel holds it in a
+//     shared_ptr), so a close never frees it under a sleeping waiter.
 #pragma once
 
 #include <cstdint>

@@ -229,6 +229,18 @@ class MultiProcess : public ::testing::Test {
         kill(c.pid, SIGKILL);
         waitpid(c.pid, nullptr, 0);
       }
+    }
+    // A test that stopped early (an ASSERT on a pipe) left children whose
+    // failure text was never read: print it, or CI shows only the symptom.
+    // Every child is reaped, so each result pipe ends in EOF.
+    for (size_t i = 0; i < kids_.size(); ++i) {
+      Child &c = kids_[i];
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(c.result, buf, sizeof buf)) > 0) c.text.append(buf, static_cast<size_t>(n));
+      if (!c.text.empty() && c.status == -1) ADD_FAILURE() << "rank " << i << " reported: " << c.text;
+    }
+    for (Child &c : kids_) {
       ::close(c.result);
       ::close(c.to_child);
       ::close(c.from_child);

@@ -51,6 +51,12 @@ TEST_P(ShmMalformed, PeerGetsProtocolError) {
       REQUIRE_OK(r, lf_isend_buffer(c.ch, b, 2, &req));
       REQUIRE_OK(r, lf_wait(req, nullptr));
       ++sent;
+      // Corrupt only after the victim took the good messages: a protocol
+      // error breaks the channel at once, and nothing orders the control
+      // ring (where a bad ack goes) against the data ring, so good messages
+      // still in the ring when the error is seen may be lost with the
+      // channel (transport.hpp, rule 3).
+      REQUIRE(r, r.await() == 'c', "expected the go-ahead to corrupt");
       char *base = find_ring();
       REQUIRE(r, base != nullptr, "ring segment not found in /proc/self/maps");
       shm::SegmentHeader h;
@@ -106,13 +112,14 @@ TEST_P(ShmMalformed, PeerGetsProtocolError) {
       r.await();  // the victim checked its error
       return;
     }
-    // The victim: the good messages arrive, then the channel breaks.
+    // The victim: the good messages arrive, then the corruption breaks the channel.
     char buf[64];
     REQUIRE_OK(r, lf_recv(c.ch, buf, sizeof buf, 1, nullptr));
     lf_request_t req;
     REQUIRE_OK(r, lf_irecv_buffer(c.ch, 2, &req));
     lf_buffer_t view;
     REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+    r.signal('g');
     lf_status_t st = lf_recv(c.ch, buf, sizeof buf, 3, nullptr);
     REQUIRE(r, st == LF_ERR_PROTOCOL, "got %s (%s)", lf_status_string(st), lf_last_error());
     REQUIRE(r, std::strstr(lf_last_error(), "malformed") != nullptr, "error text: %s", lf_last_error());
@@ -124,6 +131,8 @@ TEST_P(ShmMalformed, PeerGetsProtocolError) {
     r.signal('d');
     close_all(r, c);
   });
+  ASSERT_EQ(await(1), 'g') << "the victim did not receive the good messages";
+  signal(0, 'c');
   ASSERT_EQ(await(1), 'd');
   signal(0, 'x');
   expect_all_ok();
