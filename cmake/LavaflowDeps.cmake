@@ -4,6 +4,12 @@
 
 set(LAVAFLOW_FEATURES "")
 
+# Dependencies that are probed but that no code uses yet: they are reported
+# as "not built" (and LAVAFLOW_HAVE_<NAME> stays OFF), so that neither the
+# summary nor lf-info claims a capability lavaflow does not have. The code
+# that starts using one removes it from this list.
+set(LAVAFLOW_NOT_WIRED UCX DPDK URING)
+
 # lf_optional(NAME FOUND_VAR REASON)
 #   Call after the probe for NAME ran; FOUND_VAR says whether it was found.
 #   Sets LAVAFLOW_HAVE_<NAME> to ON or OFF.
@@ -11,6 +17,9 @@ macro(lf_optional name found reason)
   if(LAVAFLOW_WITH_${name} STREQUAL "OFF")
     set(LAVAFLOW_HAVE_${name} OFF)
     list(APPEND LAVAFLOW_FEATURES "${name}: off (LAVAFLOW_WITH_${name}=OFF)")
+  elseif(${found} AND "${name}" IN_LIST LAVAFLOW_NOT_WIRED)
+    set(LAVAFLOW_HAVE_${name} OFF)
+    list(APPEND LAVAFLOW_FEATURES "${name}: not built (installed, but no lavaflow code uses it yet)")
   elseif(${found})
     set(LAVAFLOW_HAVE_${name} ON)
     list(APPEND LAVAFLOW_FEATURES "${name}: yes")
@@ -70,6 +79,16 @@ lf_pkg(DPDK libdpdk "pkg-config libdpdk not found (Debian: libdpdk-dev)")
 lf_pkg(NUMA numa "pkg-config numa not found (Debian: libnuma-dev)")
 lf_pkg(HWLOC hwloc "pkg-config hwloc not found (Debian: libhwloc-dev)")
 lf_pkg(URING liburing "pkg-config liburing not found (Debian: liburing-dev)")
+
+# The summary as one C string for lavaflow_features.h (lf-info prints it).
+function(lf_feature_summary_string out)
+  set(s "")
+  foreach(line ${LAVAFLOW_FEATURES})
+    string(REPLACE "\"" "'" line "${line}")
+    string(APPEND s "  ${line}\\n")
+  endforeach()
+  set(${out} "${s}" PARENT_SCOPE)
+endfunction()
 
 function(lf_print_summary)
   message(STATUS "")
