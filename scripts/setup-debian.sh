@@ -11,6 +11,7 @@ PACKAGES=(
   clang clang-format libclang-rt-14-dev          # fuzzing, formatting checks
   libgtest-dev libgmock-dev libbenchmark-dev     # tests and benchmarks
   nlohmann-json3-dev libdlpack-dev               # location files, DLPack export
+  libssl-dev                                     # HMAC for the job key
   openmpi-bin libopenmpi-dev                     # MPI bootstrap and transport
   libvulkan-dev mesa-vulkan-drivers vulkan-tools glslang-tools   # Vulkan (lavapipe on CPU)
   libhwloc-dev hwloc libnuma-dev numactl         # topology, NUMA memory

@@ -1,12 +1,15 @@
 // lf-info: what this build and this machine offer, like ucx_info.
-//   lf-info            everything
+//   lf-info            everything (features, location, topology, memory kinds,
+//                      transports, job key, tunables)
 //   lf-info -c         tunables only
 //   lf-info -l         this process's location as JSON
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "core/bootstrap.hpp"
 #include "core/config.hpp"
+#include "core/job_key.hpp"
 #include "core/location.hpp"
 #include "core/topology.hpp"
 #include "lavaflow_features.h"
@@ -17,16 +20,7 @@ using namespace lf;
 
 namespace {
 
-void features() {
-  std::printf("# lavaflow %s\n# Build features\n", LF_VERSION_STRING);
-  struct {
-    const char *name;
-    int on;
-  } f[] = {{"MPI", LAVAFLOW_HAVE_MPI},     {"CUDA", LAVAFLOW_HAVE_CUDA},  {"VULKAN", LAVAFLOW_HAVE_VULKAN},
-           {"UCX", LAVAFLOW_HAVE_UCX},     {"DPDK", LAVAFLOW_HAVE_DPDK},  {"NUMA", LAVAFLOW_HAVE_NUMA},
-           {"HWLOC", LAVAFLOW_HAVE_HWLOC}, {"URING", LAVAFLOW_HAVE_URING}};
-  for (auto &x : f) std::printf("  %-8s %s\n", x.name, x.on ? "yes" : "no");
-}
+void features() { std::printf("# lavaflow %s\n# Build features\n%s", LF_VERSION_STRING, LAVAFLOW_FEATURE_SUMMARY); }
 
 void location() {
   std::printf("\n# Process location\n");
@@ -74,10 +68,27 @@ void transports() {
   }
 }
 
+void security() {
+  std::printf("\n# Security\n");
+  // The key a standalone rank started with this environment would use; under
+  // mpirun rank 0 draws a fresh random key for every job instead.
+  auto key = JobKey::from_environment();
+  if (!key)
+    std::printf("  job key: invalid: %s\n", key.error().message.c_str());
+  else if (!key->set())
+    std::printf("  job key: none (unauthenticated)%s\n",
+                Bootstrap::launched_by_mpi() ? "; under mpirun rank 0 draws a random key"
+                                             : ": set LF_JOB_KEY or LF_JOB_KEY_FILE for multi-rank standalone jobs");
+  else
+    std::printf("  job key: set (from %s)\n", key->source().c_str());
+}
+
 void tunables() {
   std::printf("\n# Tunables (environment variables)\n");
   for (const auto &t : config::all()) {
     std::string v = config::get_string(t.name);
+    // A secret is never printed, only whether it is set.
+    if (std::strcmp(t.name, "LF_JOB_KEY") == 0 && !v.empty()) v = "(hidden)";
     std::printf("  %s=%s%s\n      [%s] %s (default \"%s\")\n", t.name, v.c_str(),
                 config::is_set(t.name) ? "  (set)" : "", config::type_name(t.type), t.help, t.default_value);
   }
@@ -108,6 +119,7 @@ int main(int argc, char **argv) {
   topology();
   memory_kinds();
   transports();
+  security();
   tunables();
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/job_key.hpp"
 #include "core/status.hpp"
 
 namespace lf {
@@ -21,16 +22,25 @@ class Bootstrap {
   /// Every rank contributes `mine`; returns every rank's contribution by rank.
   virtual Result<std::vector<std::string>> allgather(const std::string &mine) = 0;
   virtual Status barrier() = 0;
+  /// The job's key (unset when the job is unauthenticated). Every
+  /// connection a transport accepts or makes proves it (core/job_key.hpp).
+  const JobKey &job_key() const noexcept { return key_; }
+  void set_job_key(JobKey key) noexcept { key_ = std::move(key); }
 
   /// Build the bootstrap the environment describes (see lf_init in lavaflow.h).
   static Result<std::unique_ptr<Bootstrap>> from_environment();
   /// A world of one rank.
   static std::unique_ptr<Bootstrap> single();
   /// Rendezvous at `address` (tcp://host:port or unix:/path) served by rank 0.
-  static Result<std::unique_ptr<Bootstrap>> rendezvous(int rank, int size, const std::string &address,
-                                                       double timeout_s);
+  /// Every rank proves `key` to rank 0 and rank 0 proves it back (an unset
+  /// key on every rank: unauthenticated); the result carries `key`.
+  static Result<std::unique_ptr<Bootstrap>> rendezvous(int rank, int size, const std::string &address, double timeout_s,
+                                                       JobKey key = {});
   /// True when the process was started by an MPI launcher (Open MPI, PMIx, Hydra).
   static bool launched_by_mpi() noexcept;
+
+ private:
+  JobKey key_;
 };
 
 }  // namespace lf

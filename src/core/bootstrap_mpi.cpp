@@ -32,9 +32,34 @@ Result<std::unique_ptr<MpiBootstrap>> MpiBootstrap::create() {
   MPI_Comm_set_errhandler(b->comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(b->comm_, &b->rank_);
   MPI_Comm_size(b->comm_, &b->size_);
+  if (auto st = b->share_job_key(); !st) return std::unexpected(st.error());
   LF_LOG(debug, "MPI bootstrap: rank %d of %d, thread level %d, %s MPI", b->rank_, b->size_, b->thread_level_,
          b->owns_mpi_ ? "owns" : "shares");
   return b;
+}
+
+Status MpiBootstrap::share_job_key() {
+  // Rank 0 draws the key; the launcher's channel carries it to the others.
+  // A failed draw still takes part in the broadcast (ok = 0), so that every
+  // rank fails together instead of waiting for a broadcast that never comes.
+  struct {
+    uint8_t ok;
+    JobKey::Bytes bytes;
+  } msg{};
+  Error drawn{LF_ERR_INTERNAL, ""};
+  if (rank_ == 0) {
+    if (auto key = JobKey::random("mpi (drawn by rank 0)")) {
+      msg.ok = 1;
+      msg.bytes = key->bytes();
+    } else {
+      drawn = key.error();
+    }
+  }
+  int rc = MPI_Bcast(&msg, sizeof msg, MPI_BYTE, 0, comm_);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Bcast(job key)"));
+  if (!msg.ok) return rank_ == 0 ? std::unexpected(drawn) : LF_FAIL(LF_ERR_IO, "rank 0 could not draw a job key");
+  set_job_key(JobKey::of(msg.bytes, rank_ == 0 ? "mpi (drawn by rank 0)" : "mpi (from rank 0)"));
+  return {};
 }
 
 MpiBootstrap::~MpiBootstrap() {

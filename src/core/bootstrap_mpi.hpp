@@ -28,6 +28,8 @@ class MpiBootstrap final : public Bootstrap {
 
  private:
   MpiBootstrap() = default;
+  /// Rank 0 draws a random job key and broadcasts it on comm_.
+  Status share_job_key();
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, thread_level_ = MPI_THREAD_SINGLE;
   bool owns_mpi_ = false;

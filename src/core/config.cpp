@@ -19,6 +19,9 @@ constexpr Tunable kTunables[] = {
     {"LF_BOOTSTRAP", "", T::string, "Rendezvous served by rank 0: tcp://host:port or unix:/path (standalone launch)"},
     {"LF_BOOTSTRAP_TIMEOUT", "60", T::seconds, "Seconds to wait for every rank to arrive at bootstrap"},
     {"LF_BOOTSTRAP_MODE", "auto", T::string, "auto, mpi, env or single: how lf_init finds the world"},
+    {"LF_JOB_KEY", "", T::string,
+     "Secret shared by every rank of a standalone job; authenticates the bootstrap and every connection"},
+    {"LF_JOB_KEY_FILE", "", T::string, "File (mode 600) holding the job key, when LF_JOB_KEY is unset"},
     {"LF_LOCATION_FILE", "", T::string,
      "JSON file whose fields override the detected process location (tests, unusual clusters)"},
     // memory (Layer 1)
@@ -39,45 +42,9 @@ constexpr Tunable kTunables[] = {
     {"LF_CONNECT_TIMEOUT", "30", T::seconds, "Seconds lf_channel_open waits for the peer"},
     {"LF_SPIN_COUNT", "20000", T::integer, "Polls in a blocking wait before the waiter sleeps"},
     {"LF_PROGRESS_THREAD", "0", T::boolean, "Start a background progress thread at lf_init"},
-    // shm transport
-    {"LF_SHM_RING_SLOTS", "1024", T::integer,
-     "shm: 64-byte slots per direction of a channel's message ring (power of two; set by the accepting rank)"},
-    {"LF_SHM_FIFO_BYTES", "2M", T::bytes,
-     "shm: per direction bytes of the fifo that carries eager payloads and pipelined chunks (power of two)"},
-    {"LF_SHM_EAGER_LIMIT", "16K", T::bytes,
-     "shm: messages up to this size are copied into the fifo at once (above: pipelined or CMA)"},
-    {"LF_SHM_CHUNK", "128K", T::bytes,
-     "shm: chunk of a pipelined copy (sender copies one while the receiver copies another)"},
-    {"LF_SHM_CMA_THRESHOLD", "0", T::bytes,
-     "shm: messages of at least this size are read by the receiver with process_vm_readv (single copy); 0 = never"},
-    {"LF_SHM_UNEXPECTED_MAX", "64M", T::bytes,
-     "shm: bytes of unexpected messages copied out of a channel's ring; beyond it the ring stops draining "
-     "(backpressure)"},
-    {"LF_SHM_HOLD_US", "50", T::integer,
-     "shm: microseconds a message stays in the ring when no receive at all is posted, before it is copied out as "
-     "unexpected (a receive posted meanwhile takes it with one copy); 0 = copy out at once"},
-    {"LF_SHM_SPIN", "1000", T::integer, "shm: polls of the ring in a wait before sleeping on the futex doorbell"},
-    {"LF_SHM_HUP_CHECK", "1024", T::integer, "shm: progress calls between checks of the peer's socket for a hang-up"},
-    // tcp transport
-    {"LF_TCP_PORT", "0", T::integer, "Port the tcp transport listens on (0.0.0.0); 0 = any free port"},
-    {"LF_TCP_MAX_MESSAGE", "16G", T::bytes,
-     "Largest tcp message a peer may announce; longer headers are a protocol error (set alike on all ranks)"},
-    {"LF_TCP_UNEXPECTED_BYTES", "64M", T::bytes,
-     "Per tcp channel: bytes of unexpected messages copied out of the socket; a larger backlog waits in the socket"},
-    {"LF_TCP_SOCKBUF", "0", T::bytes, "SO_SNDBUF/SO_RCVBUF of tcp channels; 0 = kernel autotuning"},
-    {"LF_TCP_KEEPALIVE", "10", T::seconds,
-     "Idle seconds before TCP keepalive probes notice a vanished peer host; 0 = off"},
-    // mpi transport
-    {"LF_MPI_EAGER_LIMIT", "1K", T::bytes,
-     "mpi transport: messages up to this size travel with their envelope in one MPI message (one copy)"},
-    {"LF_MPI_EAGER_SLOTS", "16", T::integer, "mpi transport: eager receives kept posted per channel"},
-    {"LF_MPI_CHUNK", "8M", T::bytes,
-     "mpi transport: largest MPI message of a payload; also the pinned staging chunk for device memory"},
-    {"LF_MPI_STREAMS", "8", T::integer,
-     "mpi transport: channels per pair of ranks that get a direct stream (one communicator each, made at start); "
-     "0 = every message goes through the envelope ring"},
-    {"LF_MPI_CUDA", "auto", T::string,
-     "mpi transport and device memory: auto (MPIX_Query_cuda_support), on (pass device pointers), off (stage)"},
+    // transports: the rows of each transport's folder (tunables.inc there),
+    // in registry order; CMake lists the files (src/transport/CMakeLists.txt).
+#include "transport_tunables.inc"
 };
 }  // namespace
 

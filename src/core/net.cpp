@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -105,6 +106,23 @@ Result<RawAddr> resolve(const SockAddr &a) {
 }
 }  // namespace
 
+namespace {
+/// True when `path` is a socket file of ours that nobody listens on: a
+/// connect to it is refused. A live listener (connect succeeds, or anything
+/// but ECONNREFUSED), another user's file or a non-socket is not stale.
+bool stale_unix_socket(const RawAddr &raw, const std::string &path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != ::geteuid()) return false;
+  Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!probe) return false;
+  int rc;
+  do {
+    rc = ::connect(probe.get(), reinterpret_cast<const sockaddr *>(&raw.ss), raw.len);
+  } while (rc != 0 && errno == EINTR);
+  return rc != 0 && errno == ECONNREFUSED;
+}
+}  // namespace
+
 Result<Fd> listen_on(const SockAddr &addr, int backlog) {
   auto raw = resolve(addr);
   if (!raw) return std::unexpected(raw.error());
@@ -114,8 +132,22 @@ Result<Fd> listen_on(const SockAddr &addr, int backlog) {
     int one = 1;
     setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&raw->ss), raw->len) != 0)
-    return std::unexpected(sys_error(errno, "bind %s", addr.to_string().c_str()));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&raw->ss), raw->len) != 0) {
+    int err = errno;
+    if (err != EADDRINUSE || addr.family != SockAddr::Family::unix_path || !stale_unix_socket(*raw, addr.host))
+      return std::unexpected(
+          err == EADDRINUSE && addr.family == SockAddr::Family::unix_path
+              ? make_error(LF_ERR_IO, "bind %s: address in use by a live listener", addr.to_string().c_str())
+              : sys_error(err, "bind %s", addr.to_string().c_str()));
+    // A socket file nobody listens on (its owner was killed): replace it.
+    if (::unlink(addr.host.c_str()) != 0 && errno != ENOENT)
+      return std::unexpected(sys_error(errno, "unlink stale socket %s", addr.to_string().c_str()));
+    if (::bind(fd.get(), reinterpret_cast<sockaddr *>(&raw->ss), raw->len) != 0)
+      return std::unexpected(sys_error(errno, "bind %s", addr.to_string().c_str()));
+  }
+  // Only our own user may connect to a socket file (SO_PEERCRED checks again).
+  if (addr.family == SockAddr::Family::unix_path && ::chmod(addr.host.c_str(), 0600) != 0)
+    return std::unexpected(sys_error(errno, "chmod %s", addr.to_string().c_str()));
   if (::listen(fd.get(), backlog) != 0) return std::unexpected(sys_error(errno, "listen %s", addr.to_string().c_str()));
   return fd;
 }

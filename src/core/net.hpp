@@ -57,6 +57,9 @@ struct SockAddr {
 };
 
 /// Listening socket bound to `addr` (port 0 picks a free port; see bound_address).
+/// A unix:/path socket gets mode 0600; a socket file left at the path by a
+/// killed process of ours (connect is refused) is replaced, a live one is an
+/// error ("address in use by a live listener").
 Result<Fd> listen_on(const SockAddr &addr, int backlog = 128);
 /// Address a listening socket is bound to (fills in the port chosen for port 0).
 Result<SockAddr> bound_address(int fd, const SockAddr &requested);

@@ -26,9 +26,13 @@
 //   die       ranks 0 and 1 open a channel; rank 1 sends half a stream and
 //             exits abruptly (_exit, no lf_finalize); rank 0 reports how its
 //             pending receive ended ("gone" line).
+//   gate      ranks 0 and 1 print "ready <rank>", wait for one byte on the
+//             inherited fd argv[2] (the test's go signal), then open a channel
+//             to each other and print "opened <rank> <peer> <milliseconds>".
 #include <lavaflow/lavaflow.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -181,6 +185,31 @@ int die(lf_context_t ctx) {
   return 0;
 }
 
+int gate(lf_context_t ctx, int go_fd) {
+  int rank = lf_rank(ctx);
+  if (rank > 1) return 0;
+  std::printf("ready %d\n", rank);
+  std::fflush(stdout);
+  char byte;
+  ssize_t n;
+  do {
+    n = read(go_fd, &byte, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n != 1) {
+    std::printf("error %d no go signal\n", rank);
+    std::fflush(stdout);
+    std::_Exit(5);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  lf_channel_t ch = nullptr;
+  CHECK(lf_channel_open(ctx, 1 - rank, &ch));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("opened %d %d %lld %s\n", rank, 1 - rank, static_cast<long long>(ms), lf_channel_transport(ch));
+  std::fflush(stdout);
+  CHECK(lf_channel_close(ch));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -203,6 +232,7 @@ int main(int argc, char **argv) {
   int rc = 0;
   if (scenario == "stream") rc = stream(ctx, argc > 2 ? std::atoi(argv[2]) : 64, argc > 3 ? argv[3] : nullptr);
   if (scenario == "die") return die(ctx) == 0 && lf_finalize(ctx) == LF_OK ? 0 : 1;
+  if (scenario == "gate") rc = gate(ctx, argc > 2 ? std::atoi(argv[2]) : -1);
   CHECK(lf_barrier(ctx));
   CHECK(lf_finalize(ctx));
   std::printf("done %d\n", g_rank);
