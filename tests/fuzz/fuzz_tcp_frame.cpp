@@ -1,9 +1,13 @@
-// libFuzzer target for the tcp transport's frame decoder (frame.hpp): the
+// libFuzzer target for the tcp transport's wire format (frame.hpp): the
 // same FrameReader the endpoint drives, fed an arbitrary byte stream in
-// arbitrary pieces, the way recv() would deliver it.
+// arbitrary pieces, the way recv() would deliver it; and the handshake
+// decoder (hello/ack) that reads a connection's first bytes.
 //
-// Input: byte 0 picks the receiver's LF_TCP_MAX_MESSAGE (tiny to huge),
-// byte 1 seeds the sizes of the pieces; the rest is the stream.
+// Input: byte 0 picks the receiver's LF_TCP_MAX_MESSAGE (tiny to huge; with
+// its top bit set, the handshake decoder instead), byte 1 seeds the sizes
+// of the pieces; the rest is the stream.
+// Handshake: a message is accepted only with valid fixed fields, and then
+// re-encodes to exactly the bytes read (no field is ignored).
 // Checked on every step: a header is only parsed between frames, an accepted
 // header respects the limit and the sequence, payload accounting never goes
 // negative or past the input, a failure is final, and the error text exists.
@@ -26,8 +30,40 @@ using namespace lf::tcp;
     }                 \
   } while (0)
 
+namespace {
+
+void fuzz_handshake(const uint8_t *data, size_t size) {
+  // A connection's first kHandshakeSize bytes, as the listener reads them.
+  uint8_t in[kHandshakeSize] = {};
+  std::memcpy(in, data, size < kHandshakeSize ? size : kHandshakeSize);
+  Handshake h;
+  const char *why = decode_handshake(in, &h);
+  if (why) {
+    REQUIRE(why[0] != '\0');
+    return;
+  }
+  REQUIRE(h.kind == HandshakeKind::hello || h.kind == HandshakeKind::ack);
+  uint8_t again[kHandshakeSize];
+  encode_handshake(h, again);
+  REQUIRE(std::memcmp(again, in, kHandshakeSize) == 0);
+  // The proof covers direction, ranks, channel and both nonces: changing
+  // any of them changes the message.
+  auto m = proof_message(h.kind, h.from, h.to, h.seq, h.nonce, h.nonce);
+  auto other = proof_message(h.kind == HandshakeKind::hello ? HandshakeKind::ack : HandshakeKind::hello, h.from, h.to,
+                             h.seq, h.nonce, h.nonce);
+  REQUIRE(m != other);
+  auto seq = proof_message(h.kind, h.from, h.to, h.seq + 1, h.nonce, h.nonce);
+  REQUIRE(m != seq);
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 2) return 0;
+  if (data[0] & 0x80) {
+    fuzz_handshake(data + 2, size - 2);
+    return 0;
+  }
   static const uint64_t limits[] = {0, 1, 31, 4096, uint64_t{1} << 20, uint64_t{16} << 30, ~uint64_t{0}};
   const uint64_t max_len = limits[data[0] % (sizeof limits / sizeof limits[0])];
   uint32_t rng = data[1] * 2654435761u + 1;

@@ -9,9 +9,12 @@
 //                                      scope is remote and mpi is chosen.
 //   lf-bench-remote tcp                lavaflow over the tcp transport vs raw
 //                                      blocking TCP on 127.0.0.1 (TCP_NODELAY),
-//                                      between this process and a child it forks.
+//                                      between this process and a child it forks
+//                                      (pinned to cores 0 and 1 unless
+//                                      LF_BENCH_NO_PIN is set).
 // Options: --rounds N (default 7), --quick (fewer iterations), --size N (that
-// size only), --raw-blocking
+// size only), --large (tcp: one 1 GiB message against 1 MiB messages, raw and
+// lavaflow, instead of the usual tables), --raw-blocking
 // (raw TCP with blocking calls instead of polled non-blocking ones).
 //
 // Reported per size: one-way latency (ping-pong / 2) and windowed bandwidth,
@@ -20,6 +23,7 @@
 #include <lavaflow/lavaflow.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -247,6 +251,43 @@ int bench_mpi() {
 // ---- tcp ---------------------------------------------------------------------------
 
 bool g_raw_blocking = false;
+bool g_large = false;
+
+/// --large: one 1 GiB message (then a 1-byte answer) against the same bytes
+/// as 1 MiB messages in windows of kWindow, raw and lavaflow interleaved.
+void compare_large(const Side &raw, const Side &lf, int rank, const std::function<void()> &sync) {
+  constexpr size_t kLarge = size_t{1} << 30, kSmall = size_t{1} << 20;
+  std::vector<char> buf(kLarge, 1);  // touched: no page faults in the timings
+  auto one = [&](const Side &s) {
+    char ack = 0;
+    double t0 = now_us();
+    if (rank == 0) {
+      s.send(buf.data(), kLarge);
+      s.recv(&ack, 1);
+    } else {
+      s.recv(buf.data(), kLarge);
+      s.send(&ack, 1);
+    }
+    return static_cast<double>(kLarge) / (now_us() - t0) / 1e3;
+  };
+  auto many = [&](const Side &s) { return run_bandwidth(s, rank, buf.data(), kSmall, kLarge / kSmall / kWindow); };
+  std::vector<double> r1, l1, rm, lm;
+  (void)one(raw), (void)one(lf);
+  for (int k = 0; k < g_rounds; ++k) {
+    sync();
+    r1.push_back(one(raw));
+    l1.push_back(one(lf));
+    rm.push_back(many(raw));
+    lm.push_back(many(lf));
+  }
+  if (rank == 0) {
+    std::printf("# 1 GiB in one message vs in 1 MiB messages (window %d), GB/s, median of %d rounds\n", kWindow,
+                g_rounds);
+    std::printf("%12s %12s %12s %12s %14s\n", "raw 1 GiB", "lf 1 GiB", "raw 1 MiB", "lf 1 MiB", "lf 1G / lf 1M");
+    std::printf("%12.3f %12.3f %12.3f %12.3f %14.3f\n", median(r1), median(l1), median(rm), median(lm),
+                median(l1) / median(lm));
+  }
+}
 
 /// Raw TCP: blocking calls, or (default) non-blocking calls polled in a loop,
 /// which is how lavaflow waits (LF_SPIN_COUNT) and what makes the latencies
@@ -280,6 +321,13 @@ int bench_tcp() {
   std::string sock = "unix:/tmp/lf-bench-remote-" + std::to_string(getpid()) + ".sock";
   pid_t child = fork();
   int rank = child == 0 ? 1 : 0;
+  // One core each (when there are two): no migrations in the timings.
+  if (std::getenv("LF_BENCH_NO_PIN") == nullptr) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(rank % std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)), &set);
+    (void)sched_setaffinity(0, sizeof set, &set);
+  }
   int fd;
   if (rank == 1) {
     fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -306,10 +354,13 @@ int bench_tcp() {
   raw.recv_window = [fd](char *p, size_t n, int w) {
     for (int i = 0; i < w; ++i) xfer(fd, p + static_cast<size_t>(i) * n, n, false);
   };
-  compare(g_raw_blocking ? "tcp transport vs raw blocking TCP on 127.0.0.1"
-                         : "tcp transport vs raw TCP on 127.0.0.1 (non-blocking calls, polled)",
-          raw, lavaflow_side(ch), rank, {8, 64, 4096, 65536, 1 << 20}, {65536, 1 << 20, 4 << 20},
-          [ctx] { CHECK(lf_barrier(ctx)); });
+  if (g_large)
+    compare_large(raw, lavaflow_side(ch), rank, [ctx] { CHECK(lf_barrier(ctx)); });
+  else
+    compare(g_raw_blocking ? "tcp transport vs raw blocking TCP on 127.0.0.1"
+                           : "tcp transport vs raw TCP on 127.0.0.1 (non-blocking calls, polled)",
+            raw, lavaflow_side(ch), rank, {8, 64, 4096, 65536, 1 << 20}, {65536, 1 << 20, 4 << 20},
+            [ctx] { CHECK(lf_barrier(ctx)); });
   CHECK(lf_channel_close(ch));
   CHECK(lf_finalize(ctx));
   close(fd);
@@ -326,6 +377,7 @@ int main(int argc, char **argv) {
   for (int i = 2; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) g_quick = true;
     if (!std::strcmp(argv[i], "--raw-blocking")) g_raw_blocking = true;
+    if (!std::strcmp(argv[i], "--large")) g_large = true;
     if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) g_rounds = std::max(1, std::atoi(argv[++i]));
     if (!std::strcmp(argv[i], "--size") && i + 1 < argc) g_only = std::strtoull(argv[++i], nullptr, 0);
   }

@@ -15,6 +15,13 @@
 #include <functional>
 #include <random>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+#include "core/job_key.hpp"
+#include "transport/tcp/connection.hpp"
+#include "transport/tcp/endpoint.hpp"
 #include "transport/tcp/frame.hpp"
 #include "transport/tcp/tcp.hpp"
 #include "transport/tcp/tcp_address.hpp"
@@ -110,6 +117,220 @@ TEST(TcpFrame, ReaderTracksPayloadAndSequence) {
   EXPECT_EQ(rd.next_header(b.data(), b.size()).status, DecodeStatus::malformed) << "failure must be final";
 }
 
+// ---- handshake -----------------------------------------------------------------
+
+JobKey key_of(uint8_t fill) {
+  JobKey::Bytes b;
+  b.fill(fill);
+  return JobKey::of(b, "test");
+}
+
+TEST(TcpHandshake, HelloAndAckVerifyOnlyUnderTheSameKey) {
+  JobKey key = key_of(1), other = key_of(2), none;
+  HandshakeNonce an = random_nonce();
+  AckCheck check;
+  HandshakeBytes hello = make_hello(key, 3, 5, 9, an, &check);
+  Handshake h;
+  HandshakeBytes ack;
+  ASSERT_EQ(check_hello(key, 5, an, hello.data(), &h, &ack), nullptr);
+  EXPECT_EQ(h.from, 3u);
+  EXPECT_EQ(h.seq, 9u);
+  EXPECT_EQ(check.check(ack.data()), nullptr);
+  // Another key, no key, another acceptor nonce (another process), another
+  // target: refused.
+  EXPECT_NE(check_hello(other, 5, an, hello.data(), &h, &ack), nullptr);
+  EXPECT_NE(check_hello(none, 5, an, hello.data(), &h, &ack), nullptr);
+  EXPECT_NE(check_hello(key, 5, random_nonce(), hello.data(), &h, &ack), nullptr);
+  EXPECT_NE(check_hello(key, 4, an, hello.data(), &h, &ack), nullptr);
+  // Every byte of the hello is covered: flipping any one is refused.
+  for (size_t i = 0; i < kHandshakeSize; ++i) {
+    HandshakeBytes bad = hello;
+    bad[i] ^= 0x40;
+    EXPECT_NE(check_hello(key, 5, an, bad.data(), &h, &ack), nullptr) << "byte " << i;
+  }
+  // A hello is not an ack (different labels), and an ack under another key
+  // or for another channel is refused.
+  EXPECT_NE(check.check(hello.data()), nullptr);
+  HandshakeBytes ack_other;
+  ASSERT_EQ(check_hello(key, 5, an, make_hello(key, 3, 5, 10, an, &check).data(), &h, &ack_other), nullptr);
+  AckCheck first;
+  (void)make_hello(key, 3, 5, 9, an, &first);
+  EXPECT_NE(first.check(ack_other.data()), nullptr);
+}
+
+/// A listening socket on 127.0.0.1 and connections to it.
+struct Loopback {
+  Fd listener;
+  int port = 0;
+  Loopback() {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, 128) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) != 0)
+      std::abort();
+    listener.reset(fd);
+    port = ntohs(a.sin_port);
+  }
+  Fd dial() const {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) std::abort();
+    return Fd(fd);
+  }
+};
+
+/// Whether the acceptor closed `fd` (end of stream or reset) within 5 s.
+bool closed_by_acceptor(const Fd &fd) {
+  pollfd p{fd.get(), POLLIN, 0};
+  char buf[256];
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < end) {
+    if (poll(&p, 1, 50) <= 0) continue;
+    if (read(fd.get(), buf, sizeof buf) <= 0) return true;
+  }
+  return false;
+}
+
+TEST(TcpListener, ForgedStalledAndRepeatedConnectionsNeverReachAChannel) {
+  Loopback lb;
+  JobKey key = key_of(7), wrong = key_of(8);
+  HandshakeNonce nonce = random_nonce();
+  std::vector<Fd> socks;
+  socks.push_back(std::move(lb.listener));
+  ListenerLimits limits;
+  limits.handshake_timeout = std::chrono::milliseconds(300);
+  limits.max_pending = 4;
+  Listener l(std::move(socks), key, 1, nonce, limits);
+  // Forged: a hello under another key, and garbage, each followed by data.
+  AckCheck ignored;
+  Fd forged = lb.dial(), garbage = lb.dial(), stalled = lb.dial();
+  HandshakeBytes bad = make_hello(wrong, 0, 1, 0, nonce, &ignored);
+  ASSERT_EQ(write(forged.get(), bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
+  ASSERT_EQ(write(forged.get(), "DATA", 4), 4);
+  std::vector<uint8_t> junk(200, 0xab);
+  ASSERT_EQ(write(garbage.get(), junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  ASSERT_EQ(write(stalled.get(), bad.data(), 10), 10);  // a third of a hello, then nothing
+  // The real one comes after them and is taken at once; nothing of theirs is.
+  Fd real = lb.dial();
+  AckCheck check;
+  HandshakeBytes hello = make_hello(key, 0, 1, 0, nonce, &check);
+  ASSERT_EQ(write(real.get(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  ASSERT_EQ(write(real.get(), "REAL", 4), 4);
+  std::optional<Accepted> got;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!got && std::chrono::steady_clock::now() < end) got = l.try_take(0, 0);
+  ASSERT_TRUE(got);
+  char buf[8] = {};
+  pollfd p{got->fd.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  ASSERT_EQ(read(got->fd.get(), buf, sizeof buf), 4) << "exactly the data after the hello is left in the socket";
+  EXPECT_EQ(std::string(buf, 4), "REAL");
+  EXPECT_EQ(check.check(got->ack.data()), nullptr) << "the ack proves the acceptor holds the key";
+  EXPECT_TRUE(closed_by_acceptor(forged));
+  EXPECT_TRUE(closed_by_acceptor(garbage));
+  // The stalled one is dropped after the handshake deadline.
+  for (auto t = std::chrono::steady_clock::now();
+       l.pending() > 0 && std::chrono::steady_clock::now() - t < std::chrono::seconds(5);) {
+    (void)l.try_take(0, 99);
+    poll(nullptr, 0, 10);
+  }
+  EXPECT_EQ(l.pending(), 0u);
+  EXPECT_TRUE(closed_by_acceptor(stalled));
+  // The same hello again (a replay) is refused; so is one for a channel
+  // whose endpoint is gone.
+  Fd replay = lb.dial();
+  ASSERT_EQ(write(replay.get(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  l.forget(0, 1);
+  Fd late = lb.dial();
+  HandshakeBytes hello1 = make_hello(key, 0, 1, 1, nonce, &check);
+  ASSERT_EQ(write(late.get(), hello1.data(), hello1.size()), static_cast<ssize_t>(hello1.size()));
+  for (int i = 0; i < 50 && l.stashed() == 0 && (l.pending() > 0 || i < 5); ++i) {
+    (void)l.try_take(0, 99);
+    poll(nullptr, 0, 10);
+  }
+  EXPECT_TRUE(closed_by_acceptor(replay));
+  EXPECT_TRUE(closed_by_acceptor(late));
+  EXPECT_EQ(l.stashed(), 0u);
+}
+
+TEST(TcpListener, AFloodOfSilentConnectionsDoesNotDelayARealOne) {
+  // 100 silent connections wait in the backlog ahead of the real one, with
+  // room for 8 unverified ones and a handshake deadline of 30 s: the real one
+  // must be taken in the first serve calls, without waiting for a deadline.
+  Loopback lb;
+  JobKey key = key_of(7);
+  HandshakeNonce nonce = random_nonce();
+  std::vector<Fd> socks;
+  socks.push_back(std::move(lb.listener));
+  ListenerLimits limits;
+  limits.handshake_timeout = std::chrono::seconds(30);
+  limits.max_pending = 8;
+  Listener l(std::move(socks), key, 1, nonce, limits);
+  std::vector<Fd> flood;
+  for (int i = 0; i < 100; ++i) flood.push_back(lb.dial());  // within the backlog of 128
+  Fd real = lb.dial();
+  AckCheck check;
+  HandshakeBytes hello = make_hello(key, 0, 1, 0, nonce, &check);
+  ASSERT_EQ(write(real.get(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  std::optional<Accepted> got;
+  for (int i = 0; i < 100 && !got; ++i) {
+    got = l.try_take(0, 0);
+    EXPECT_LE(l.pending(), 8u) << "unverified connections are bounded";
+  }
+  ASSERT_TRUE(got) << "the real connection waited behind silent ones";
+}
+
+TEST(TcpCloser, AClosedChannelsSocketNeverResetsAPeerThatStillSends) {
+  // Issue 18 §3: a socket closed while the peer still sends answers with a
+  // reset, and the reset discards what the peer had not read yet. The
+  // closer keeps the socket (write side shut down) and drops what arrives.
+  Loopback lb;
+  auto closer = std::make_shared<Closer>(5.0);
+  Fd a = lb.dial();
+  int bfd = -1;
+  pollfd p{lb.listener.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+  bfd = accept4(lb.listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(bfd, 0);
+  Fd b(bfd);
+  // Fill the peer's receive buffer and our send queue: what is still in the
+  // send queue is what a reset throws away (a plain close() here loses it).
+  ASSERT_EQ(set_nonblocking(a.get(), true).has_value(), true);
+  std::vector<char> data(65536, 'd');
+  size_t sent = 0;
+  for (;;) {
+    ssize_t n = send(a.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  ASSERT_GT(sent, data.size());
+  ASSERT_EQ(shutdown(a.get(), SHUT_WR), 0);
+  closer->add(std::move(a));
+  EXPECT_EQ(closer->size(), 1u);
+  // The peer, before it read anything, still sends (its ack, a reply...).
+  ASSERT_EQ(write(b.get(), "late", 4), 4);
+  size_t got = 0;
+  char buf[65536];
+  for (;;) {
+    pollfd q{b.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&q, 1, 5000), 1);
+    ssize_t n = read(b.get(), buf, sizeof buf);
+    ASSERT_GE(n, 0) << "the peer was reset: " << strerror(errno);
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(got, sent);
+  b.reset();  // the peer's end of stream: the closer lets go at once
+  for (int i = 0; i < 500 && closer->size() > 0; ++i) poll(nullptr, 0, 10);
+  EXPECT_EQ(closer->size(), 0u);
+}
+
 // ---- addresses -------------------------------------------------------------------
 
 TEST(TcpAddress, FormatAndParse) {
@@ -117,20 +338,25 @@ TEST(TcpAddress, FormatAndParse) {
   a.nets = {{0x0a4d0001, 24}, {0xc0a80507, 16}, {0x7f000001, 8}};
   a.port = 41234;
   a.netns = "0b2c-boot:4026531840";
+  for (size_t i = 0; i < a.nonce.size(); ++i) a.nonce[i] = static_cast<uint8_t>(i * 17);
   std::string s = format_address(a);
-  EXPECT_EQ(s, "tcp://10.77.0.1/24,192.168.5.7/16,127.0.0.1/8:41234;netns=0b2c-boot:4026531840");
+  EXPECT_EQ(s,
+            "tcp://10.77.0.1/24,192.168.5.7/16,127.0.0.1/8:41234;netns=0b2c-boot:4026531840;"
+            "nonce=00112233445566778899aabbccddeeff");
   auto p = parse_address(s);
   ASSERT_TRUE(p) << p.error().message;
   EXPECT_EQ(p->nets, a.nets);
   EXPECT_EQ(p->port, a.port);
   EXPECT_EQ(p->netns, a.netns);
+  EXPECT_EQ(p->nonce, a.nonce);
 }
 
 TEST(TcpAddress, GarbageIsRefused) {
   for (const char *bad : {"", "tcp://", "udp://1.2.3.4/8:5;netns=x", "tcp://1.2.3.4/8:5", "tcp://1.2.3.4/8:0;netns=x",
                           "tcp://1.2.3.4/8:70000;netns=x", "tcp://1.2.3.4/33:5;netns=x", "tcp://1.2.3/8:5;netns=x",
                           "tcp://1.2.3.4:5;netns=x", "tcp://1.2.3.4/8,:5;netns=x", "tcp://1.2.3.4/8:-1;netns=x",
-                          "tcp://1.2.3.4/8:99999999999999;netns=x"}) {
+                          "tcp://1.2.3.4/8:99999999999999;netns=x", "tcp://1.2.3.4/8:5;netns=x;nonce=00",
+                          "tcp://1.2.3.4/8:5;netns=x;nonce=0011223344556677889900112233445g"}) {
     auto p = parse_address(bad);
     EXPECT_FALSE(p) << bad;
     if (!p) {
@@ -196,6 +422,7 @@ class Queues final : public Matcher {
 class TcpEndpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    setenv("LF_TCP_LINGER", "0", 1);  // one thread drives both ends: a close must not wait for the other
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     raw_a = sv[0];
@@ -204,6 +431,7 @@ class TcpEndpointTest : public ::testing::Test {
   void TearDown() override {
     unsetenv("LF_TCP_UNEXPECTED_BYTES");
     unsetenv("LF_TCP_MAX_MESSAGE");
+    unsetenv("LF_TCP_LINGER");
   }
   /// Wrap both ends of the socketpair in endpoints (after the test set its tunables).
   void make_both() {
@@ -391,7 +619,9 @@ TEST_F(TcpEndpointTest, OrderlyCloseIsReportedAsPeerGone) {
   auto st = drive([&] { return false; });
   ASSERT_FALSE(st);
   EXPECT_EQ(st.error().code, LF_ERR_PEER_GONE);
-  EXPECT_NE(st.error().message.find("closed its end"), std::string::npos) << st.error().message;
+  // An orderly close, not a broken connection (issue 18 §8).
+  EXPECT_NE(st.error().message.find("closed by peer"), std::string::npos) << st.error().message;
+  EXPECT_EQ(st.error().message.find("broke"), std::string::npos) << st.error().message;
   // Nothing matched the receive; the channel fails its posted receives with
   // the error progress() returned.
   EXPECT_EQ(qb.posted.size(), 1u);
@@ -509,6 +739,39 @@ TEST_F(TcpEndpointTest, RandomGarbageNeverCrashes) {
     b.reset();
   }
   raw_a = -1;
+}
+
+TEST_F(TcpEndpointTest, ZeroByteUnexpectedMessagesAreChargedToTheBudget) {
+  // Issue 18 §4: the budget counted payload bytes only, so empty messages
+  // were free: 3,000,000 of them grew a receiver by 306 MB. With a 64 KiB
+  // budget at most 64 KiB / kUnexpectedOverhead of them are copied out; the
+  // rest wait in the socket, and the sender sees backpressure.
+  setenv("LF_TCP_UNEXPECTED_BYTES", "64K", 1);
+  make_both();
+  constexpr int kCount = 20000;
+  std::vector<SendOp> sends(kCount);
+  for (int i = 0; i < kCount; ++i) {
+    sends[static_cast<size_t>(i)].tag = static_cast<uint64_t>(i);
+    a->send(sends[static_cast<size_t>(i)]);
+  }
+  for (int i = 0; i < 3000; ++i) {
+    ASSERT_TRUE(a->progress(qa));
+    ASSERT_TRUE(b->progress(qb));
+  }
+  EXPECT_LE(qb.unexpected.size(), (64u << 10) / kUnexpectedOverhead + 1);
+  EXPECT_EQ(sends.back().status, LF_IN_PROGRESS) << "the sender must see backpressure";
+  // Receives posted now get every message, in order.
+  std::vector<RecvOp> recvs(kCount);
+  for (int i = 0; i < kCount; ++i) {
+    recvs[static_cast<size_t>(i)].tag = LF_ANY_TAG;
+    qb.post(recvs[static_cast<size_t>(i)]);
+  }
+  ASSERT_TRUE(drive([&] { return recvs.back().status != LF_IN_PROGRESS; }));
+  for (int i = 0; i < kCount; ++i) {
+    ASSERT_EQ(recvs[static_cast<size_t>(i)].status, LF_OK) << i;
+    ASSERT_EQ(recvs[static_cast<size_t>(i)].matched_tag, static_cast<uint64_t>(i));
+  }
+  EXPECT_TRUE(qb.unexpected.empty());
 }
 
 TEST_F(TcpEndpointTest, TooLargeForTheLimitIsRefusedAtTheSender) {

@@ -1,4 +1,8 @@
+// The TCP transport's framing role (see frame.hpp): encoders and checking
+// decoders of the handshake and of frames; no I/O.
 #include "transport/tcp/frame.hpp"
+
+#include <cstring>
 
 namespace lf::tcp {
 
@@ -12,6 +16,49 @@ inline uint64_t get_le(const uint8_t *p, int bytes) noexcept {
   return v;
 }
 }  // namespace
+
+void encode_handshake(const Handshake &h, uint8_t out[kHandshakeSize]) noexcept {
+  put_le(out + 0, kHandshakeMagic, 4);
+  put_le(out + 4, kHandshakeVersion, 2);
+  put_le(out + 6, static_cast<uint16_t>(h.kind), 2);
+  put_le(out + 8, h.from, 4);
+  put_le(out + 12, h.to, 4);
+  put_le(out + 16, h.seq, 4);
+  put_le(out + 20, 0, 4);
+  std::memcpy(out + 24, h.nonce.data(), kNonceSize);
+  std::memcpy(out + 40, h.proof.data(), kProofSize);
+}
+
+const char *decode_handshake(const uint8_t in[kHandshakeSize], Handshake *out) noexcept {
+  if (get_le(in, 4) != kHandshakeMagic) return "bad magic (not a lavaflow tcp handshake)";
+  if (get_le(in + 4, 2) != kHandshakeVersion) return "unsupported handshake version";
+  uint64_t kind = get_le(in + 6, 2);
+  if (kind != static_cast<uint16_t>(HandshakeKind::hello) && kind != static_cast<uint16_t>(HandshakeKind::ack))
+    return "unknown handshake kind";
+  if (get_le(in + 20, 4) != 0) return "reserved handshake field is not zero";
+  Handshake h;
+  h.kind = static_cast<HandshakeKind>(kind);
+  h.from = static_cast<uint32_t>(get_le(in + 8, 4));
+  h.to = static_cast<uint32_t>(get_le(in + 12, 4));
+  h.seq = static_cast<uint32_t>(get_le(in + 16, 4));
+  std::memcpy(h.nonce.data(), in + 24, kNonceSize);
+  std::memcpy(h.proof.data(), in + 40, kProofSize);
+  *out = h;
+  return nullptr;
+}
+
+std::array<uint8_t, kProofMessageSize> proof_message(HandshakeKind kind, uint32_t connector, uint32_t acceptor,
+                                                     uint32_t seq, const HandshakeNonce &acceptor_nonce,
+                                                     const HandshakeNonce &connector_nonce) noexcept {
+  std::array<uint8_t, kProofMessageSize> m{};
+  std::memcpy(m.data(), kind == HandshakeKind::hello ? "LFTHhelo" : "LFTHack_", 8);
+  put_le(m.data() + 8, connector, 4);
+  put_le(m.data() + 12, acceptor, 4);
+  put_le(m.data() + 16, seq, 4);
+  std::memcpy(m.data() + 20, acceptor_nonce.data(), kNonceSize);
+  std::memcpy(m.data() + 20 + kNonceSize, connector_nonce.data(), kNonceSize);
+  return m;
+}
 
 void encode_frame_header(const FrameHeader &h, uint8_t out[kFrameHeaderSize]) noexcept {
   put_le(out + 0, kFrameMagic, 4);

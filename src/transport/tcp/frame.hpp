@@ -1,6 +1,25 @@
-// The TCP transport's wire format, as pure functions with no I/O so that the
-// decoder can be unit-tested and fuzzed (tests/fuzz/fuzz_tcp_frame.cpp).
+// The TCP transport's wire format (framing role), as pure functions with no
+// I/O so that the decoders can be unit-tested and fuzzed
+// (tests/fuzz/fuzz_tcp_frame.cpp): the handshake that opens a connection and
+// the frames that follow it.
 //
+// Handshake. The dialler's first bytes are a hello, and the acceptor's first
+// bytes (sent lazily, just before its first frame) are an ack; both are
+// kHandshakeSize bytes, little-endian:
+//
+//   offset size field
+//        0    4 magic     "LFTH" (0x4854464c)
+//        4    2 version   kHandshakeVersion
+//        6    2 kind      HandshakeKind (hello or ack)
+//        8    4 from      rank of the sender of this message
+//       12    4 to        rank it is meant for
+//       16    4 seq       the channel's number between the pair
+//       20    4 reserved  must be 0
+//       24   16 nonce     hello: the connector's fresh nonce; ack: the
+//                         acceptor's nonce (published with its address)
+//       40   32 proof     HMAC-SHA256 under the job key of proof_message()
+//
+
 // A connection carries a sequence of frames. Every frame starts with a
 // 32-byte header, all fields little-endian:
 //
@@ -20,6 +39,7 @@
 // number or a non-zero reserved word makes the stream malformed.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -28,6 +48,39 @@ namespace lf::tcp {
 inline constexpr uint32_t kFrameMagic = 0x4654464c;  // "LFTF" read as little-endian bytes
 inline constexpr uint8_t kFrameVersion = 1;
 inline constexpr size_t kFrameHeaderSize = 32;
+
+inline constexpr uint32_t kHandshakeMagic = 0x4854464c;  // "LFTH"
+inline constexpr uint16_t kHandshakeVersion = 2;
+inline constexpr size_t kHandshakeSize = 72;
+inline constexpr size_t kNonceSize = 16;
+inline constexpr size_t kProofSize = 32;
+using HandshakeNonce = std::array<uint8_t, kNonceSize>;
+
+enum class HandshakeKind : uint16_t {
+  hello = 1,  ///< connector -> acceptor, the connection's first bytes.
+  ack = 2,    ///< acceptor -> connector, before the acceptor's first frame.
+};
+
+struct Handshake {
+  HandshakeKind kind = HandshakeKind::hello;
+  uint32_t from = 0, to = 0, seq = 0;
+  HandshakeNonce nonce{};
+  std::array<uint8_t, kProofSize> proof{};
+};
+
+void encode_handshake(const Handshake &h, uint8_t out[kHandshakeSize]) noexcept;
+/// Check the fixed fields of a handshake message (magic, version, kind,
+/// reserved); nullptr when they are valid (the proof is checked by the
+/// caller, who holds the key), else a static reason.
+const char *decode_handshake(const uint8_t in[kHandshakeSize], Handshake *out) noexcept;
+
+inline constexpr size_t kProofMessageSize = 8 + 12 + 2 * kNonceSize;
+/// What a proof covers: a label for its direction, the connector's and the
+/// acceptor's ranks, the channel number, the acceptor's nonce and the
+/// connector's nonce. A hello's proof cannot be replayed as an ack.
+std::array<uint8_t, kProofMessageSize> proof_message(HandshakeKind kind, uint32_t connector, uint32_t acceptor,
+                                                     uint32_t seq, const HandshakeNonce &acceptor_nonce,
+                                                     const HandshakeNonce &connector_nonce) noexcept;
 
 enum class FrameType : uint8_t {
   data = 1,  ///< A message: `length` payload bytes follow.

@@ -1,5 +1,6 @@
 // The TCP transport's endpoint on its own, for the transport (one per
-// channel, after the greeting) and for tests that drive it over a socketpair.
+// channel, after the handshake) and for tests that drive it over a socketpair
+// (no handshake: the test is both sides).
 #pragma once
 
 #include <memory>

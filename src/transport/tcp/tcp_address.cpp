@@ -1,3 +1,5 @@
+// The TCP transport's published address and the choice of where to dial
+// (see tcp_address.hpp); pure functions.
 #include "transport/tcp/tcp_address.hpp"
 
 #include <arpa/inet.h>
@@ -30,7 +32,12 @@ std::string format_address(const PublishedAddress &a) {
     if (i) s += ',';
     s += std::string(ip) + "/" + std::to_string(a.nets[i].prefix);
   }
-  s += ":" + std::to_string(a.port) + ";netns=" + a.netns;
+  s += ":" + std::to_string(a.port) + ";netns=" + a.netns + ";nonce=";
+  static const char hex[] = "0123456789abcdef";
+  for (uint8_t b : a.nonce) {
+    s += hex[b >> 4];
+    s += hex[b & 15];
+  }
   return s;
 }
 
@@ -39,7 +46,18 @@ Result<PublishedAddress> parse_address(const std::string &text) {
   if (text.rfind("tcp://", 0) != 0) return LF_FAIL(LF_ERR_PROTOCOL, "'%s' does not start with tcp://", text.c_str());
   auto semi = text.find(";netns=");
   if (semi == std::string::npos) return LF_FAIL(LF_ERR_PROTOCOL, "'%s' has no ;netns=", text.c_str());
-  a.netns = text.substr(semi + 7);
+  auto nonce_at = text.find(";nonce=", semi);
+  if (nonce_at == std::string::npos) return LF_FAIL(LF_ERR_PROTOCOL, "'%s' has no ;nonce=", text.c_str());
+  a.netns = text.substr(semi + 7, nonce_at - semi - 7);
+  std::string hex = text.substr(nonce_at + 7);
+  if (hex.size() != 2 * a.nonce.size())
+    return LF_FAIL(LF_ERR_PROTOCOL, "'%s' has a nonce that is not %zu hex digits", text.c_str(), 2 * a.nonce.size());
+  for (size_t i = 0; i < hex.size(); ++i) {
+    char c = hex[i];
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (v < 0) return LF_FAIL(LF_ERR_PROTOCOL, "'%s' has a nonce that is not lower-case hex", text.c_str());
+    a.nonce[i / 2] = static_cast<uint8_t>(a.nonce[i / 2] << 4 | v);
+  }
   std::string body = text.substr(6, semi - 6);
   auto colon = body.rfind(':');
   long port = 0;

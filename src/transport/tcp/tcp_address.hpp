@@ -2,13 +2,16 @@
 // side picks which of the peer's addresses to use. Pure functions (unit
 // tested in tests/remote/test_tcp_unit.cpp).
 //
-//   tcp://10.77.0.1/24,192.168.5.7/16,127.0.0.1/8:41234;netns=<boot id>:<inode>
+//   tcp://10.77.0.1/24,192.168.5.7/16,127.0.0.1/8:41234;netns=<boot id>:<inode>;nonce=<32 hex>
 //
 // lists every IPv4 address of the rank's network namespace with its prefix
-// length, loopback last, the listening port, and the kernel's identity of the
-// network namespace (boot id and /proc/self/ns/net inode).
+// length, loopback last, the listening port (bound on each of those
+// addresses), the kernel's identity of the network namespace (boot id and
+// /proc/self/ns/net inode), and the acceptor's handshake nonce: fresh random
+// bytes drawn at start that every connector's proof must cover (frame.hpp).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,6 +30,7 @@ struct PublishedAddress {
   std::vector<Ipv4Net> nets;
   int port = 0;
   std::string netns;
+  std::array<uint8_t, 16> nonce{};
 };
 
 std::string format_address(const PublishedAddress &a);
