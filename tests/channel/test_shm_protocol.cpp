@@ -107,6 +107,14 @@ TEST(ShmProtocol, DecodeRejectsMalformed) {
   auto c = slot(shm::Kind::rts_cma, 1, 100);
   c.body.words[shm::kAddr] = ~uint64_t{0} - 10;
   EXPECT_NE(shm::decode_data(c, st, d), nullptr) << "CMA range wraps";
+  auto resumed = slot(shm::Kind::pipe_first, 1, 10u << 20);
+  resumed.body.words[shm::kLen] = 4096;
+  resumed.flags = shm::kFlagResume;
+  resumed.body.words[shm::kCookie] = 99;
+  EXPECT_EQ(shm::decode_data(resumed, st, d), nullptr);
+  EXPECT_TRUE(d.resume && d.cookie == 99);
+  resumed.flags = 4;
+  EXPECT_NE(shm::decode_data(resumed, st, d), nullptr) << "unknown flag on a stream";
   EXPECT_NE(shm::decode_data(slot(static_cast<shm::Kind>(77), 1, 1), st, d), nullptr) << "unknown kind";
   EXPECT_NE(shm::decode_data(slot(shm::Kind::ack, 1, 1), st, d), nullptr) << "control kind in the data ring";
   shm::RxState nofifo{0, false, 0};
@@ -125,6 +133,20 @@ TEST(ShmProtocol, ControlAndRanges) {
   a.body.words[shm::kStatus] = 7;
   EXPECT_NE(shm::decode_control(a, d), nullptr) << "positive status";
   EXPECT_NE(shm::decode_control(slot(shm::Kind::eager, 0, 0), d), nullptr);
+  // Parking a large unexpected message: park and resume name a ring
+  // position, a cut also how many slots of the stream are in the ring.
+  auto park = slot(shm::Kind::park, 0, 0);
+  park.body.words[shm::kCookie] = 1234;
+  EXPECT_EQ(shm::decode_control(park, d), nullptr);
+  EXPECT_EQ(d.cookie, 1234u);
+  EXPECT_EQ(shm::decode_control(slot(shm::Kind::resume, 0, 0), d), nullptr);
+  auto cut = slot(shm::Kind::cut, 0, 0);
+  EXPECT_NE(shm::decode_control(cut, d), nullptr) << "cut of no slot";
+  cut.body.words[shm::kCount] = 17;
+  EXPECT_EQ(shm::decode_control(cut, d), nullptr);
+  EXPECT_EQ(d.len, 17u);
+  cut.body.words[shm::kCount] = uint64_t{shm::kMaxSlots} + 1;
+  EXPECT_NE(shm::decode_control(cut, d), nullptr) << "cut longer than any ring";
   EXPECT_EQ(shm::check_range(4096, 0, 4096), nullptr);
   EXPECT_EQ(shm::check_range(4096, 4096, 0), nullptr);
   EXPECT_NE(shm::check_range(4096, 1, 4096), nullptr);

@@ -62,6 +62,7 @@ void data_slot(Reader &r) {
       CHECK(d.len >= 1 && d.len <= st.fifo_bytes);
       if (d.kind == shm::Kind::pipe_next) CHECK(st.in_stream && d.len <= st.stream_remaining);
       if (d.kind == shm::Kind::eager) CHECK(d.len == d.size);
+      if (d.kind != shm::Kind::pipe_first) CHECK(!d.resume);
       auto p = shm::fifo_place(pos, st.fifo_bytes, d.len);
       CHECK(p.offset + d.len <= st.fifo_bytes && p.advance >= d.len);
       std::vector<unsigned char> fifo(st.fifo_bytes), dst(d.len);
@@ -79,8 +80,10 @@ void control_slot(Reader &r) {
   const uint32_t table = r.get<uint16_t>();
   shm::Decoded d;
   if (shm::decode_control(s, d)) return;
-  CHECK(d.kind == shm::Kind::ack || d.kind == shm::Kind::release);
+  CHECK(d.kind == shm::Kind::ack || d.kind == shm::Kind::release || d.kind == shm::Kind::park ||
+        d.kind == shm::Kind::cut || d.kind == shm::Kind::resume);
   if (d.kind == shm::Kind::ack) CHECK(d.status <= 0 && d.status >= -64);
+  if (d.kind == shm::Kind::cut) CHECK(d.len >= 1 && d.len <= shm::kMaxSlots);
   if (!shm::cookie_index_in_range(d.cookie, table)) return;
   std::vector<uint32_t> gens(table);
   (void)gens.at(d.cookie & 0xffffffffu);

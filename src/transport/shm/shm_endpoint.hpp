@@ -1,5 +1,8 @@
-// The shared-memory endpoint: one connection to one peer on this host.
-// shm_transport.cpp sets the connection up; this file moves the messages.
+// The shared-memory endpoint's interface to shm_transport.cpp: the
+// tunables, the connection the handshake produced, and the factory of the
+// endpoint that moves the messages over it (shm_endpoint.cpp and its parts:
+// shm_sender, shm_receiver, shm_control, shm_incoming, shm_segments,
+// device_lane).
 #pragma once
 
 #include <sys/types.h>

@@ -61,6 +61,9 @@ const char *decode_data(const SlotImage &s, const RxState &st, Decoded &out) noe
       if (!fifo_ok) return "no fifo";
       if (d.size > kMaxMessage) return "pipelined message of an absurd size";
       if (d.len == 0 || d.len > st.fifo_bytes || d.len > d.size) return "pipelined chunk of a bad length";
+      if (s.flags & ~kFlagResume) return "pipelined message with unknown flags";
+      d.resume = (s.flags & kFlagResume) != 0;
+      if (d.resume) d.cookie = s.body.words[kCookie];
       break;
     case Kind::pipe_next:
       if (!st.in_stream) return "a continuation chunk arrived outside a pipelined message";
@@ -96,9 +99,19 @@ const char *decode_data(const SlotImage &s, const RxState &st, Decoded &out) noe
 const char *decode_control(const SlotImage &s, Decoded &out) noexcept {
   Decoded d;
   d.kind = static_cast<Kind>(s.kind);
-  if (d.kind != Kind::ack && d.kind != Kind::release) return "unknown control message kind";
+  switch (d.kind) {
+    case Kind::ack:
+    case Kind::release:
+    case Kind::park:
+    case Kind::resume: break;
+    case Kind::cut:
+      d.len = s.body.words[kCount];
+      if (d.len == 0 || d.len > kMaxSlots) return "cut of a bad slot count";
+      break;
+    default: return "unknown control message kind";
+  }
   d.cookie = s.body.words[kCookie];
-  d.status = static_cast<int64_t>(s.body.words[kStatus]);
+  if (d.kind == Kind::ack) d.status = static_cast<int64_t>(s.body.words[kStatus]);
   // An ack reports LF_OK or one of the public error codes, nothing else.
   if (d.kind == Kind::ack && (d.status > 0 || d.status < -64)) return "ack with an impossible status";
   out = d;

@@ -55,6 +55,9 @@ enum class Kind : uint8_t {
   zero_copy = 6,    ///< descriptor: segment id, offset, length = size, cookie for the release
   ack = 16,         ///< control: CMA read of `cookie` done, `status` is the result
   release = 17,     ///< control: zero-copy view of `cookie` freed
+  park = 18,        ///< control, receiver -> sender: stop the stream that began at ring position `cookie`
+  cut = 19,         ///< control, sender -> receiver: that stream has `count` slots in the ring; skip them
+  resume = 20,      ///< control, receiver -> sender: send the parked message `cookie` now
 };
 
 /// A ring slot's layout. `Seq` is the atomic sequence word in shared memory
@@ -81,6 +84,9 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<uint64_t
 /// peer announced (GPU IPC, transport/gpu/gpu_ipc.hpp) instead of a memfd
 /// segment. No other flag exists.
 inline constexpr uint8_t kFlagDevice = 1;
+/// Slot::flags of a pipe_first: the stream carries a parked message (Kind::park)
+/// whose receive is now posted; body word kCookie names it.
+inline constexpr uint8_t kFlagResume = 2;
 
 // Body words per kind.
 inline constexpr int kLen = 0;      // eager / pipe_*: bytes in the fifo
@@ -89,6 +95,7 @@ inline constexpr int kCookie = 1;   // rts_cma, zero_copy, ack, release
 inline constexpr int kSegment = 2;  // zero_copy: segment id
 inline constexpr int kOffset = 3;   // zero_copy: offset in the segment
 inline constexpr int kStatus = 2;   // ack: lf_status_t of the read (as int64)
+inline constexpr int kCount = 2;    // cut: slots of the parked stream already in the ring
 
 /// Private copy of a slot (no atomics: it is ours alone).
 using SlotImage = SlotLayout<uint32_t>;
@@ -164,10 +171,11 @@ struct Decoded {
   uint64_t size = 0;     ///< message size (total for pipe_first)
   uint64_t len = 0;      ///< fifo piece length (eager, pipe_*)
   uint64_t addr = 0;     ///< rts_cma
-  uint64_t cookie = 0;   ///< rts_cma, zero_copy
+  uint64_t cookie = 0;   ///< rts_cma, zero_copy, a resumed pipe_first; control: what it names
   uint64_t segment = 0;  ///< zero_copy: segment id, or allocation id when `device`
   uint64_t offset = 0;   ///< zero_copy
   bool device = false;   ///< zero_copy: kFlagDevice (a device allocation)
+  bool resume = false;   ///< pipe_first: kFlagResume (a parked message, `cookie`)
   int64_t status = 0;    ///< ack: LF_OK or a negative lf_status_t
 };
 
@@ -178,8 +186,9 @@ struct Decoded {
 /// size); sizes <= kMaxMessage; stream kinds only where the stream state allows.
 const char *decode_data(const SlotImage &s, const RxState &st, Decoded &out) noexcept;
 
-/// Validate a control slot (ack or release). Cookie ranges are the table's
-/// business (check_cookie).
+/// Validate a control slot (ack, release, park, cut, resume). Cookie ranges
+/// are the table's business (check_cookie); a cut's count (`len`) is in
+/// [1, kMaxSlots].
 const char *decode_control(const SlotImage &s, Decoded &out) noexcept;
 
 /// Cookie = generation << 32 | index into the sender's in-flight table. The

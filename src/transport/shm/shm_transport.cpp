@@ -11,7 +11,9 @@
 // While a rank waits in connect() it keeps serving its listener: handshakes
 // from other peers complete at once and the connections are stashed for
 // their own connect() call, so ranks that open channels in different orders
-// never wait on each other in a cycle.
+// never wait on each other in a cycle. All handshakes under way are polled
+// together, so connections that stay silent (from another user, refused at
+// accept, or from this one, dropped after 5 s) delay no real rank.
 //
 // The same class, with another name, is the GPU IPC transports "vulkan-ipc"
 // and "cuda-ipc" (transport/gpu/gpu_ipc.hpp): they listen on sockets of their
@@ -31,6 +33,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "core/config.hpp"
 #include "core/log.hpp"
@@ -91,19 +94,28 @@ class ShmTransport final : public Transport {
     TransportCaps c;
     c.local = true;
     c.zero_copy = true;
-    c.max_message = kMaxMessage;
     if (api_ == 0) {
       c.memory_kinds = kHostKinds;
-      c.priority = 90;  // above tcp and mpi: on one host, shared memory wins
     } else {
       // Native for their device kinds only: host channels keep using shm
       // (and fall to tcp, not to a GPU variant, when shm is excluded).
       c.memory_kinds = api_ == static_cast<int>(gpu_ipc::Api::vulkan)
                            ? kind_bit(MemoryKind::vulkan_device) | kind_bit(MemoryKind::vulkan_host_visible)
                            : kind_bit(MemoryKind::cuda_device);
-      c.priority = 85;
     }
     return c;
+  }
+
+  std::optional<Cost> estimate(const CostQuery &q) const noexcept override {
+    if (q.scope != Scope::local) return std::nullopt;
+    const Cost rings{0.15, 30};  // docs/performance.md: 8 B one-way, 1 MiB windowed bandwidth
+    if (api_ == 0) return kHostKinds & kind_bit(q.kind) ? rings : staged(rings);
+    // A GPU variant moves its device kinds by handle (zero copy, imports
+    // cached); host messages it would carry on shm's rings, so it never
+    // beats shm for them, and never serves them at all: a host channel with
+    // shm excluded goes to tcp, as the design card says.
+    if (!(caps().memory_kinds & kind_bit(q.kind))) return std::nullopt;
+    return Cost{2, 100};
   }
 
   std::optional<std::string> unavailable_reason() const override {
@@ -137,6 +149,7 @@ class ShmTransport final : public Transport {
     a.host = name;
     auto fd = listen_on(a);
     if (!fd) return std::unexpected(fd.error());
+    if (auto st = set_nonblocking(fd->get(), true); !st) return std::unexpected(st.error());
     listener_ = std::move(*fd);
     rank_ = world.rank();
     return api_ == 0 ? a.to_string() : a.to_string() + "#" + identity;
@@ -188,13 +201,11 @@ class ShmTransport final : public Transport {
     Hello h{kSegmentMagic, kVersion, rank_, peer, 0, reinterpret_cast<uintptr_t>(&probe), probe};
     if (auto st = send_all(sock->get(), &h, sizeof h, deadline); !st) return std::unexpected(st.error());
     for (;;) {
-      pollfd p[2] = {{sock->get(), POLLIN, 0}, {listener_.get(), POLLIN, 0}};
-      int rc = ::poll(p, 2, ms_left(deadline));
-      if (rc < 0 && errno == EINTR) continue;
-      if (rc < 0) return std::unexpected(sys_error(errno, "poll"));
-      if (rc == 0) return LF_FAIL(LF_ERR_TIMEOUT, "shm: rank %d did not answer the handshake in time", peer);
-      if (p[1].revents & POLLIN) serve_one(world, deadline, t);
-      if (p[0].revents) break;
+      pollfd p{sock->get(), POLLIN, 0};
+      if (auto st = serve(world, &p, deadline, t); !st) return std::unexpected(st.error());
+      if (p.revents) break;
+      if (Clock::now() >= deadline)
+        return LF_FAIL(LF_ERR_TIMEOUT, "shm: rank %d did not answer the handshake in time", peer);
     }
     Reply r{};
     auto fd = recv_fd(sock->get(), &r, sizeof r, deadline);
@@ -227,8 +238,8 @@ class ShmTransport final : public Transport {
     return c;
   }
 
-  /// Higher rank: take a stashed connection from `peer` or accept until it
-  /// arrives, stashing the others.
+  /// Higher rank: take a stashed connection from `peer` or serve the
+  /// listener until it arrives, stashing the others.
   Result<Connection> await(World &world, int peer, Deadline deadline, const Tunables &t) {
     for (;;) {
       if (auto it = stash_.find(peer); it != stash_.end() && !it->second.empty()) {
@@ -236,52 +247,154 @@ class ShmTransport final : public Transport {
         it->second.pop_front();
         return c;
       }
-      pollfd p{listener_.get(), POLLIN, 0};
-      int rc = ::poll(&p, 1, ms_left(deadline));
-      if (rc < 0 && errno == EINTR) continue;
-      if (rc < 0) return std::unexpected(sys_error(errno, "poll"));
-      if (rc == 0) return LF_FAIL(LF_ERR_TIMEOUT, "shm: rank %d never connected", peer);
-      serve_one(world, deadline, t);
+      if (Clock::now() >= deadline) return LF_FAIL(LF_ERR_TIMEOUT, "shm: rank %d never connected", peer);
+      if (auto st = serve(world, nullptr, deadline, t); !st) return std::unexpected(st.error());
     }
   }
 
-  /// Accept one connection and complete its handshake; the result goes to
-  /// the stash. Failures concern that one peer only: they are logged.
-  void serve_one(World &world, Deadline deadline, const Tunables &t) {
-    auto c = accept_and_handshake(world, deadline, t);
-    if (!c) {
-      LF_LOG(warn, "shm: refused an incoming connection: %s", c.error().message.c_str());
-      return;
+  /// An accepted connection whose handshake is under way. All of them are
+  /// served together from one poll(): a connection that stays silent costs
+  /// a slot until its 5 s are up, never another handshake's time.
+  struct Incoming {
+    Fd sock;
+    PeerCred cred{};
+    Deadline until;  ///< for its Hello; a rank that sent one may take longer
+    Hello hello{};
+    size_t got = 0;
+    bool replied = false;  ///< Reply and segment sent; waiting for Final
+    std::shared_ptr<SharedSegment> segment;
+    std::unique_ptr<uint64_t> probe;  ///< read by the peer's process_vm_readv until Final
+    Final fin{};
+    size_t fin_got = 0;
+  };
+  static constexpr double kHelloSeconds = 5;
+  static constexpr size_t kMaxSilent = 64;
+
+  /// One round of serving the listener and the handshakes under way, until
+  /// something happened or `deadline`; `extra` (the caller's own socket) is
+  /// polled along and its revents filled in.
+  Status serve(World &world, pollfd *extra, Deadline deadline, const Tunables &t) {
+    std::vector<pollfd> fds;
+    if (extra) fds.push_back(*extra);
+    const size_t first = fds.size();
+    fds.push_back({listener_.get(), POLLIN, 0});
+    Deadline wake = deadline;
+    for (const Incoming &in : incoming_) {
+      fds.push_back({in.sock.get(), POLLIN, 0});
+      if (!in.replied) wake = std::min(wake, in.until);
     }
+    int rc = ::poll(fds.data(), fds.size(), ms_left(wake));
+    if (rc < 0 && errno != EINTR) return std::unexpected(sys_error(errno, "poll"));
+    if (extra) extra->revents = rc > 0 ? fds[0].revents : 0;
+    if (rc > 0) {
+      for (size_t i = incoming_.size(); i-- > 0;)
+        if (fds[first + 1 + i].revents && !advance(world, incoming_[i], t))
+          incoming_.erase(incoming_.begin() + static_cast<std::ptrdiff_t>(i));
+      if (fds[first].revents & POLLIN) accept_new();
+    }
+    const Deadline now = Clock::now();
+    std::erase_if(incoming_, [&](const Incoming &in) {
+      if (in.replied || in.until > now) return false;
+      LF_LOG(warn, "shm: dropped a connection that sent no handshake within %.0f s", kHelloSeconds);
+      return true;
+    });
+    return {};
+  }
+
+  /// Accept every waiting connection. Another user's is refused at once
+  /// (SO_PEERCRED), before it sends anything.
+  void accept_new() {
+    for (;;) {
+      int raw = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (raw < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) LF_LOG(warn, "shm: accept: %s", std::strerror(errno));
+        return;
+      }
+      Incoming in;
+      in.sock = Fd(raw);
+      auto cred = peer_credentials(raw);
+      if (!cred) {
+        LF_LOG(warn, "shm: refused an incoming connection: %s", cred.error().message.c_str());
+        continue;
+      }
+      if (cred->uid != geteuid()) {
+        LF_LOG(warn, "shm: refused a connection from pid %d, uid %u (not %u)", static_cast<int>(cred->pid),
+               static_cast<unsigned>(cred->uid), static_cast<unsigned>(geteuid()));
+        // No fd goes to a stranger; a plain reply tells it why it failed.
+        Reply r{kSegmentMagic, kVersion, rank_, LF_ERR_UNAVAILABLE, 0, 0, 0, 0};
+        (void)::send(raw, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
+        continue;
+      }
+      in.cred = *cred;
+      in.until = deadline_in(kHelloSeconds);
+      if (std::count_if(incoming_.begin(), incoming_.end(), [](const Incoming &x) { return !x.replied; }) >=
+          static_cast<std::ptrdiff_t>(kMaxSilent)) {
+        auto oldest = std::find_if(incoming_.begin(), incoming_.end(), [](const Incoming &x) { return !x.replied; });
+        LF_LOG(warn, "shm: %zu connections sent no handshake yet; dropped the oldest", kMaxSilent);
+        incoming_.erase(oldest);
+      }
+      incoming_.push_back(std::move(in));
+    }
+  }
+
+  /// Read what arrived on a handshake under way and take its next step; a
+  /// finished one goes to the stash. False when the connection is done for
+  /// (failures concern that one peer only: they are logged).
+  bool advance(World &world, Incoming &in, const Tunables &t) {
+    auto fill = [&](void *buf, size_t len, size_t &got) {
+      while (got < len) {
+        ssize_t n = ::recv(in.sock.get(), static_cast<char *>(buf) + got, len - got, MSG_DONTWAIT);
+        if (n > 0) {
+          got += static_cast<size_t>(n);
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+      }
+      return true;
+    };
+    if (!in.replied) {
+      if (!fill(&in.hello, sizeof in.hello, in.got)) return false;
+      if (in.got < sizeof in.hello) return true;
+      auto st = reply(world, in, t);
+      if (!st) LF_LOG(warn, "shm: refused an incoming connection: %s", st.error().message.c_str());
+      return st.has_value();
+    }
+    if (!fill(&in.fin, sizeof in.fin, in.fin_got)) {
+      LF_LOG(warn, "shm: rank %d left during its handshake", in.hello.from_rank);
+      return false;
+    }
+    if (in.fin_got < sizeof in.fin) return true;
+    if (in.fin.magic != kSegmentMagic) {
+      LF_LOG(warn, "shm: malformed handshake end from rank %d", in.hello.from_rank);
+      return false;
+    }
+    if (auto st = set_nonblocking(in.sock.get(), false); !st) {
+      LF_LOG(warn, "shm: %s", st.error().message.c_str());
+      return false;
+    }
+    Connection c;
+    c.sock = std::move(in.sock);
+    c.segment = std::move(in.segment);
+    c.role = 1;
+    c.peer_rank = in.hello.from_rank;
+    c.peer_pid = in.cred.pid;
+    c.peer_reads_me = in.fin.can_read_you != 0;
     try {
-      stash_[c->peer_rank].push_back(std::move(*c));
+      stash_[c.peer_rank].push_back(std::move(c));
     } catch (const std::bad_alloc &) {
       LF_LOG(error, "shm: no memory to keep an incoming connection");
     }
+    return false;  // done: it left the list for the stash
   }
 
-  Result<Connection> accept_and_handshake(World &world, Deadline outer, const Tunables &t) {
-    // A stranger that connects and stays silent must not hold this rank for
-    // the whole connect timeout.
-    const Deadline deadline = std::min(outer, deadline_in(5));
-    auto sock = accept_one(listener_.get(), deadline);
-    if (!sock) return std::unexpected(sock.error());
-    auto cred = peer_credentials(sock->get());
-    if (!cred) return std::unexpected(cred.error());
-    Hello h{};
-    if (auto st = recv_all(sock->get(), &h, sizeof h, deadline); !st) return std::unexpected(st.error());
+  /// A complete Hello: check it, create the ring segment and send it.
+  Status reply(World &world, Incoming &in, const Tunables &t) {
+    const Hello &h = in.hello;
     if (h.magic != kSegmentMagic || h.version != kVersion || h.to_rank != rank_ || h.from_rank < 0 ||
         h.from_rank >= rank_ || h.from_rank >= world.size())
       return LF_FAIL(LF_ERR_PROTOCOL, "shm: malformed handshake (from rank %d to %d)", h.from_rank, h.to_rank);
-    auto refuse = [&](lf_status_t code) {
-      Reply r{kSegmentMagic, kVersion, rank_, code, 0, 0, 0, 0};
-      (void)send_all(sock->get(), &r, sizeof r, deadline);
-    };
-    if (auto st = check_same_user(sock->get(), h.from_rank); !st) {
-      // No fd goes to a stranger; a plain reply tells it why it failed.
-      refuse(st.error().code);
-      return std::unexpected(st.error());
-    }
     Layout l;
     if (!compute_layout(t.ring_slots, kMinCtl * 16, t.fifo_bytes, l))
       return LF_FAIL(LF_ERR_INVALID_ARG, "shm: LF_SHM_RING_SLOTS/LF_SHM_FIFO_BYTES out of bounds");
@@ -291,28 +404,19 @@ class ShmTransport final : public Transport {
         kSegmentMagic, kVersion, t.ring_slots, kMinCtl * 16, 0, t.fifo_bytes, {l.dir_offset[0], l.dir_offset[1]},
         l.total_bytes};
     std::memcpy((*seg)->base(), &hdr, sizeof hdr);  // the rest of a new memfd reads as zero
-    volatile uint64_t probe = random64() | 1;
+    in.probe = std::make_unique<uint64_t>(random64() | 1);
     Reply r{kSegmentMagic,
             kVersion,
             rank_,
             LF_OK,
-            cma_probe(cred->pid, h.probe_addr, h.probe_value) ? 1u : 0u,
+            cma_probe(in.cred.pid, h.probe_addr, h.probe_value) ? 1u : 0u,
             (*seg)->size(),
-            reinterpret_cast<uintptr_t>(&probe),
-            probe};
-    if (auto st = send_fd(sock->get(), (*seg)->fd(), &r, sizeof r); !st) return std::unexpected(st.error());
-    Final f{};
-    if (auto st = recv_all(sock->get(), &f, sizeof f, deadline); !st) return std::unexpected(st.error());
-    if (f.magic != kSegmentMagic)
-      return LF_FAIL(LF_ERR_PROTOCOL, "shm: malformed handshake end from rank %d", h.from_rank);
-    Connection c;
-    c.sock = std::move(*sock);
-    c.segment = std::move(*seg);
-    c.role = 1;
-    c.peer_rank = h.from_rank;
-    c.peer_pid = cred->pid;
-    c.peer_reads_me = f.can_read_you != 0;
-    return c;
+            reinterpret_cast<uintptr_t>(in.probe.get()),
+            *in.probe};
+    if (auto st = send_fd(in.sock.get(), (*seg)->fd(), &r, sizeof r); !st) return st;
+    in.segment = std::move(*seg);
+    in.replied = true;
+    return {};
   }
 
   /// The devices this process can import on (gpu_ipc::local_identity),
@@ -330,6 +434,7 @@ class ShmTransport final : public Transport {
   Fd listener_;
   int rank_ = -1;
   std::map<int, std::deque<Connection>> stash_;
+  std::vector<Incoming> incoming_;
 };
 
 }  // namespace
