@@ -8,7 +8,7 @@
 
 #include <chrono>
 
-#include "procs.hpp"
+#include "multiprocess.hpp"
 
 using namespace lftest;
 

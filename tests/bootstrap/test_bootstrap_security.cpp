@@ -16,7 +16,7 @@
 
 #include "core/bootstrap_wire.hpp"
 #include "core/net.hpp"
-#include "procs.hpp"
+#include "multiprocess.hpp"
 
 using namespace lftest;
 namespace wire = lf::bootstrap_wire;

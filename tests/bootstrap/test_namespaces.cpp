@@ -4,7 +4,7 @@
 // ranks are LOCAL. Needs root (CI runs as root); skipped otherwise.
 #include <gtest/gtest.h>
 
-#include "procs.hpp"
+#include "multiprocess.hpp"
 
 using namespace lftest;
 

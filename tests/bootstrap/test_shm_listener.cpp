@@ -15,7 +15,7 @@
 #include <fstream>
 #include <set>
 
-#include "procs.hpp"
+#include "multiprocess.hpp"
 
 using namespace lftest;
 

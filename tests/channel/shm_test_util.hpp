@@ -8,7 +8,7 @@
 #include <cstring>
 #include <string>
 
-#include "mp_harness.hpp"
+#include "multiprocess.hpp"
 
 namespace lftest {
 

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "mp_harness.hpp"
+#include "multiprocess.hpp"
 
 namespace {
 

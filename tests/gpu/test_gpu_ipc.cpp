@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "gpu_harness.hpp"
 #include "lavaflow_features.h"
+#include "multiprocess.hpp"
 #include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_protocol.hpp"
 
@@ -34,7 +34,7 @@
 #include "lf_shaders/transform.spv.h"
 #endif
 
-using namespace gputest;
+using namespace lftest;
 namespace shm = lf::shm;
 
 namespace {
@@ -53,17 +53,17 @@ struct Conn {
 
 Conn open_gpu(Rank &r, lf_memory_kind_t kind, int strict = 0) {
   Conn c;
-  GREQUIRE_OK(r, lf_init(&c.ctx));
+  REQUIRE_OK(r, lf_init(&c.ctx));
   lf_channel_params_t p = LF_CHANNEL_PARAMS_INIT;
   p.memory_kind = kind;
   p.strict = strict;
-  GREQUIRE_OK(r, lf_channel_open_ex(c.ctx, 1 - r.rank, &p, &c.ch));
+  REQUIRE_OK(r, lf_channel_open_ex(c.ctx, 1 - r.rank, &p, &c.ch));
   return c;
 }
 
 void close_all(Rank &r, Conn &c) {
-  GREQUIRE_OK(r, lf_channel_close(c.ch));
-  GREQUIRE_OK(r, lf_finalize(c.ctx));
+  REQUIRE_OK(r, lf_channel_close(c.ch));
+  REQUIRE_OK(r, lf_finalize(c.ctx));
 }
 
 #if LAVAFLOW_HAVE_VULKAN
@@ -73,26 +73,26 @@ void need_vulkan(Rank &r) {
   lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
   ap.strict = 1;
   lf_buffer_t b = nullptr;
-  if (lf_alloc_ex(nullptr, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b) != LF_OK) GSKIP(r, "%s", lf_last_error());
+  if (lf_alloc_ex(nullptr, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b) != LF_OK) SKIP_RANK(r, "%s", lf_last_error());
   lf_free(b);
 }
 
 lf_vulkan_kernel_t kernel(Rank &r, const uint32_t *code, size_t bytes) {
   lf_vulkan_kernel_t k = nullptr;
-  GREQUIRE_OK(r, lf_vulkan_kernel_create(0, code, bytes, sizeof(Push), 64, &k));
+  REQUIRE_OK(r, lf_vulkan_kernel_create(0, code, bytes, sizeof(Push), 64, &k));
   return k;
 }
 
 uint32_t expected(uint32_t i) { return (7 + 3 * i) * 5 + 11; }
 
-class VulkanIpc : public TwoRanks {};
+class VulkanIpc : public MultiProcess {};
 
 TEST_F(VulkanIpc, ShaderInOneProcessShaderInTheOtherCheckedByTheFirst) {
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s (%s)",
-             lf_channel_transport(c.ch), lf_channel_reason(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s (%s)", lf_channel_transport(c.ch),
+            lf_channel_reason(c.ch));
     constexpr uint32_t n = 1 << 18;
     if (r.rank == 0) {
       // A pool: the buffer comes back to it when rank 1 frees its view, so
@@ -101,49 +101,49 @@ TEST_F(VulkanIpc, ShaderInOneProcessShaderInTheOtherCheckedByTheFirst) {
       pp.kind = LF_MEM_VULKAN_DEVICE;
       pp.strict = 1;
       lf_pool_t pool;
-      GREQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
+      REQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
       lf_buffer_t buf;
-      GREQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &buf));
+      REQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &buf));
       lf_vulkan_kernel_t fill = kernel(r, lf_spv_fill, sizeof lf_spv_fill);
       Push fp{n, 7, 3};
-      GREQUIRE_OK(r, lf_vulkan_kernel_run(fill, buf, &fp, sizeof fp, n));
+      REQUIRE_OK(r, lf_vulkan_kernel_run(fill, buf, &fp, sizeof fp, n));
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, buf, kData, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, buf, kData, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
       char done;
-      GREQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
+      REQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
       // Rank 1 freed its view before saying done: the block is back.
       lf_buffer_t again;
-      GREQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &again));
+      REQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &again));
       lf_pool_stats_t s = LF_POOL_STATS_INIT;
-      GREQUIRE_OK(r, lf_pool_stats(pool, &s));
-      GREQUIRE(r, s.hits == 1 && s.misses == 1, "hits %llu misses %llu", (unsigned long long)s.hits,
-               (unsigned long long)s.misses);
+      REQUIRE_OK(r, lf_pool_stats(pool, &s));
+      REQUIRE(r, s.hits == 1 && s.misses == 1, "hits %llu misses %llu", (unsigned long long)s.hits,
+              (unsigned long long)s.misses);
       std::vector<uint32_t> got(n);
-      GREQUIRE_OK(r, lf_buffer_read(again, 0, got.data(), n * 4));
+      REQUIRE_OK(r, lf_buffer_read(again, 0, got.data(), n * 4));
       for (uint32_t i = 0; i < n; ++i)
-        GREQUIRE(r, got[i] == expected(i), "element %u is %u, want %u: rank 1's shader did not write our memory", i,
-                 got[i], expected(i));
-      GREQUIRE_OK(r, lf_free(again));
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
-      GREQUIRE_OK(r, lf_pool_destroy(pool));
+        REQUIRE(r, got[i] == expected(i), "element %u is %u, want %u: rank 1's shader did not write our memory", i,
+                got[i], expected(i));
+      REQUIRE_OK(r, lf_free(again));
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
+      REQUIRE_OK(r, lf_pool_destroy(pool));
     } else {
       lf_request_t req;
       lf_buffer_t view;
-      GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+      REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
       lf_completion_t info = LF_COMPLETION_INIT;
-      GREQUIRE_OK(r, lf_wait_buffer(req, &view, &info));
-      GREQUIRE(r, info.message_bytes == n * 4, "message of %zu bytes", info.message_bytes);
-      GREQUIRE(r, lf_buffer_kind(view) == LF_MEM_VULKAN_DEVICE, "kind %s", lf_memory_kind_string(lf_buffer_kind(view)));
+      REQUIRE_OK(r, lf_wait_buffer(req, &view, &info));
+      REQUIRE(r, info.message_bytes == n * 4, "message of %zu bytes", info.message_bytes);
+      REQUIRE(r, lf_buffer_kind(view) == LF_MEM_VULKAN_DEVICE, "kind %s", lf_memory_kind_string(lf_buffer_kind(view)));
       lf_vulkan_buffer_info_t vi = LF_VULKAN_BUFFER_INFO_INIT;
-      GREQUIRE_OK(r, lf_buffer_vulkan_info(view, &vi));
-      GREQUIRE(r, vi.imported == 1, "the view is not an import of rank 0's memory");
+      REQUIRE_OK(r, lf_buffer_vulkan_info(view, &vi));
+      REQUIRE(r, vi.imported == 1, "the view is not an import of rank 0's memory");
       lf_vulkan_kernel_t xf = kernel(r, lf_spv_transform, sizeof lf_spv_transform);
       Push tp{n, 5, 11};
-      GREQUIRE_OK(r, lf_vulkan_kernel_run(xf, view, &tp, sizeof tp, n));
-      GREQUIRE_OK(r, lf_free(view));  // returns the buffer to rank 0's pool
-      GREQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(xf));
+      REQUIRE_OK(r, lf_vulkan_kernel_run(xf, view, &tp, sizeof tp, n));
+      REQUIRE_OK(r, lf_free(view));  // returns the buffer to rank 0's pool
+      REQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(xf));
     }
     close_all(r, c);
   });
@@ -153,52 +153,52 @@ TEST_F(VulkanIpc, ManyMessagesOfPooledBuffersAndCopyReceives) {
   // 64 rounds over two pool blocks: after the first message of each block
   // only descriptors travel (the import is cached). Every other receive is a
   // plain lf_recv into host memory, which copies out of the view.
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
     constexpr uint32_t n = 4096;
     if (r.rank == 0) {
       lf_pool_params_t pp = LF_POOL_PARAMS_INIT;
       pp.kind = LF_MEM_VULKAN_DEVICE;
       pp.strict = 1;
       lf_pool_t pool;
-      GREQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
+      REQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
       lf_vulkan_kernel_t fill = kernel(r, lf_spv_fill, sizeof lf_spv_fill);
       for (uint32_t round = 0; round < 64; ++round) {
         lf_buffer_t b;
-        GREQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &b));
+        REQUIRE_OK(r, lf_pool_acquire(pool, n * 4, &b));
         Push fp{n, round, 1};
-        GREQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
+        REQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
         lf_request_t req;
-        GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-        GREQUIRE_OK(r, lf_wait(req, nullptr));
+        REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+        REQUIRE_OK(r, lf_wait(req, nullptr));
         char ack;
-        GREQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
+        REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
       }
       lf_pool_stats_t s = LF_POOL_STATS_INIT;
-      GREQUIRE_OK(r, lf_pool_stats(pool, &s));
-      GREQUIRE(r, s.misses <= 2 && s.hits >= 62, "hits %llu misses %llu", (unsigned long long)s.hits,
-               (unsigned long long)s.misses);
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
-      GREQUIRE_OK(r, lf_pool_destroy(pool));
+      REQUIRE_OK(r, lf_pool_stats(pool, &s));
+      REQUIRE(r, s.misses <= 2 && s.hits >= 62, "hits %llu misses %llu", (unsigned long long)s.hits,
+              (unsigned long long)s.misses);
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
+      REQUIRE_OK(r, lf_pool_destroy(pool));
     } else {
       std::vector<uint32_t> got(n);
       for (uint32_t round = 0; round < 64; ++round) {
         if (round % 2) {
           size_t bytes = 0;
-          GREQUIRE_OK(r, lf_recv(c.ch, got.data(), n * 4, kData, &bytes));
-          GREQUIRE(r, bytes == n * 4, "received %zu bytes", bytes);
+          REQUIRE_OK(r, lf_recv(c.ch, got.data(), n * 4, kData, &bytes));
+          REQUIRE(r, bytes == n * 4, "received %zu bytes", bytes);
         } else {
           lf_request_t req;
           lf_buffer_t view;
-          GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-          GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
-          GREQUIRE_OK(r, lf_buffer_read(view, 0, got.data(), n * 4));
-          GREQUIRE_OK(r, lf_free(view));
+          REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+          REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+          REQUIRE_OK(r, lf_buffer_read(view, 0, got.data(), n * 4));
+          REQUIRE_OK(r, lf_free(view));
         }
-        for (uint32_t i = 0; i < n; ++i) GREQUIRE(r, got[i] == round + i, "round %u element %u: %u", round, i, got[i]);
-        GREQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
+        for (uint32_t i = 0; i < n; ++i) REQUIRE(r, got[i] == round + i, "round %u element %u: %u", round, i, got[i]);
+        REQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
       }
     }
     close_all(r, c);
@@ -220,7 +220,7 @@ TEST_F(VulkanIpc, ImportCacheKeepsPoolBlocksAndBoundsFreedAllocations) {
   // 40 messages from 2 pool blocks leave 2 imports; then 300 fresh
   // allocations (each freed by rank 0 once released) leave at most the
   // cache's 256 -- not 300.
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
     constexpr int pooled = 40, fresh = 300;
@@ -229,31 +229,31 @@ TEST_F(VulkanIpc, ImportCacheKeepsPoolBlocksAndBoundsFreedAllocations) {
       pp.kind = LF_MEM_VULKAN_DEVICE;
       pp.strict = 1;
       lf_pool_t pool;
-      GREQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
+      REQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
       auto send = [&](lf_buffer_t b) {
         lf_request_t req;
-        GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-        GREQUIRE_OK(r, lf_wait(req, nullptr));
+        REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+        REQUIRE_OK(r, lf_wait(req, nullptr));
       };
       char ack;
       for (int i = 0; i < pooled / 2; ++i) {
         lf_buffer_t a, b;  // two blocks on loan at once: the pool's same two each round
-        GREQUIRE_OK(r, lf_pool_acquire(pool, 4096, &a));
-        GREQUIRE_OK(r, lf_pool_acquire(pool, 4096, &b));
+        REQUIRE_OK(r, lf_pool_acquire(pool, 4096, &a));
+        REQUIRE_OK(r, lf_pool_acquire(pool, 4096, &b));
         send(a);
         send(b);
-        GREQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
-        GREQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
+        REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
+        REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
       }
       for (int i = 0; i < fresh; ++i) {
         lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
         ap.strict = 1;
         lf_buffer_t b;
-        GREQUIRE_OK(r, lf_alloc_ex(c.ctx, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b));
+        REQUIRE_OK(r, lf_alloc_ex(c.ctx, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b));
         send(b);
-        GREQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
+        REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
       }
-      GREQUIRE_OK(r, lf_pool_destroy(pool));
+      REQUIRE_OK(r, lf_pool_destroy(pool));
     } else {
       const int before = lavapipe_mappings();
       int after_pooled = 0;
@@ -261,19 +261,19 @@ TEST_F(VulkanIpc, ImportCacheKeepsPoolBlocksAndBoundsFreedAllocations) {
       for (int i = 0; i < pooled + fresh; ++i) {
         lf_request_t req;
         lf_buffer_t view;
-        GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-        GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+        REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+        REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
         if (i == 0) visible = lavapipe_mappings() > before;  // the view is alive: its import is mapped
-        GREQUIRE_OK(r, lf_free(view));
-        GREQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
+        REQUIRE_OK(r, lf_free(view));
+        REQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
         if (i == pooled - 1) after_pooled = lavapipe_mappings() - before;
       }
       const int after_fresh = lavapipe_mappings() - before;
-      if (!visible) GSKIP(r, "this Vulkan driver's imports are not visible as lavapipe memfd mappings");
-      GREQUIRE(r, after_pooled >= 1 && after_pooled <= 2, "%d imports kept for 2 pool blocks after their views went",
-               after_pooled);
-      GREQUIRE(r, after_fresh <= 256 + 2 && after_fresh >= 200, "%d imports after %d fresh allocations", after_fresh,
-               fresh);
+      if (!visible) SKIP_RANK(r, "this Vulkan driver's imports are not visible as lavapipe memfd mappings");
+      REQUIRE(r, after_pooled >= 1 && after_pooled <= 2, "%d imports kept for 2 pool blocks after their views went",
+              after_pooled);
+      REQUIRE(r, after_fresh <= 256 + 2 && after_fresh >= 200, "%d imports after %d fresh allocations", after_fresh,
+              fresh);
     }
     close_all(r, c);
   });
@@ -281,35 +281,35 @@ TEST_F(VulkanIpc, ImportCacheKeepsPoolBlocksAndBoundsFreedAllocations) {
 
 TEST_F(VulkanIpc, ExcludedByLfTransportsShmStagesACopy) {
   env = {{"LF_TRANSPORTS", "^vulkan-ipc"}};
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "shm", "transport %s", lf_channel_transport(c.ch));
-    GREQUIRE(r, std::string(lf_channel_reason(c.ch)).find("vulkan-ipc: excluded by LF_TRANSPORTS") != std::string::npos,
-             "reason: %s", lf_channel_reason(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "shm", "transport %s", lf_channel_transport(c.ch));
+    REQUIRE(r, std::string(lf_channel_reason(c.ch)).find("vulkan-ipc: excluded by LF_TRANSPORTS") != std::string::npos,
+            "reason: %s", lf_channel_reason(c.ch));
     constexpr uint32_t n = 100000;
     if (r.rank == 0) {
       lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
       ap.strict = 1;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
+      REQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
       lf_vulkan_kernel_t fill = kernel(r, lf_spv_fill, sizeof lf_spv_fill);
       Push fp{n, 5, 9};
-      GREQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
+      REQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
     } else {
       lf_request_t req;
       lf_buffer_t got;
-      GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-      GREQUIRE_OK(r, lf_wait_buffer(req, &got, nullptr));
+      REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+      REQUIRE_OK(r, lf_wait_buffer(req, &got, nullptr));
       // A copy in host memory, not a view of rank 0's allocation.
-      GREQUIRE(r, lf_buffer_kind(got) == LF_MEM_HOST, "kind %s", lf_memory_kind_string(lf_buffer_kind(got)));
+      REQUIRE(r, lf_buffer_kind(got) == LF_MEM_HOST, "kind %s", lf_memory_kind_string(lf_buffer_kind(got)));
       const auto *p = static_cast<const uint32_t *>(lf_buffer_data(got));
-      for (uint32_t i = 0; i < n; ++i) GREQUIRE(r, p[i] == 5 + 9 * i, "element %u is %u", i, p[i]);
-      GREQUIRE_OK(r, lf_free(got));
+      for (uint32_t i = 0; i < n; ++i) REQUIRE(r, p[i] == 5 + 9 * i, "element %u is %u", i, p[i]);
+      REQUIRE_OK(r, lf_free(got));
     }
     close_all(r, c);
   });
@@ -317,18 +317,18 @@ TEST_F(VulkanIpc, ExcludedByLfTransportsShmStagesACopy) {
 
 TEST_F(VulkanIpc, StrictModeRefusesTheFallback) {
   env = {{"LF_TRANSPORTS", "^vulkan-ipc"}};
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     lf_context_t ctx;
-    GREQUIRE_OK(r, lf_init(&ctx));
+    REQUIRE_OK(r, lf_init(&ctx));
     lf_channel_params_t p = LF_CHANNEL_PARAMS_INIT;
     p.memory_kind = LF_MEM_VULKAN_DEVICE;
     p.strict = 1;
     lf_channel_t ch = nullptr;
-    GREQUIRE_ST(r, LF_ERR_UNAVAILABLE, lf_channel_open_ex(ctx, 1 - r.rank, &p, &ch));
-    GREQUIRE(r, std::string(lf_last_error()).find("vulkan-ipc") != std::string::npos, "error: %s", lf_last_error());
-    GREQUIRE(r, ch == nullptr, "out-parameter written on failure");
-    GREQUIRE_OK(r, lf_finalize(ctx));
+    REQUIRE_ST(r, LF_ERR_UNAVAILABLE, lf_channel_open_ex(ctx, 1 - r.rank, &p, &ch));
+    REQUIRE(r, std::string(lf_last_error()).find("vulkan-ipc") != std::string::npos, "error: %s", lf_last_error());
+    REQUIRE(r, ch == nullptr, "out-parameter written on failure");
+    REQUIRE_OK(r, lf_finalize(ctx));
   });
 }
 
@@ -348,72 +348,72 @@ TEST_F(VulkanIpc, PeerWithoutTheDeviceGetsAStagedCopyAndSaysWhy) {
     GTEST_SKIP() << why;
   env_rank[1] = {{"VK_ICD_FILENAMES", "/nonexistent/lavaflow-test-icd.json"},
                  {"VK_DRIVER_FILES", "/nonexistent/lavaflow-test-icd.json"}};
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     if (r.rank == 0) need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "shm", "transport %s", lf_channel_transport(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "shm", "transport %s", lf_channel_transport(c.ch));
     const std::string why = lf_channel_reason(c.ch);
-    GREQUIRE(r, why.find("vulkan-ipc: not available") != std::string::npos, "reason: %s", why.c_str());
+    REQUIRE(r, why.find("vulkan-ipc: not available") != std::string::npos, "reason: %s", why.c_str());
     constexpr uint32_t n = 1000;
     if (r.rank == 0) {
       lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
       ap.strict = 1;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
+      REQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
       lf_vulkan_kernel_t fill = kernel(r, lf_spv_fill, sizeof lf_spv_fill);
       Push fp{n, 1, 2};
-      GREQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
-      GREQUIRE_OK(r, lf_send(c.ch, lf_buffer_data(b), n * 4, kData));
+      REQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, n));
+      REQUIRE_OK(r, lf_send(c.ch, lf_buffer_data(b), n * 4, kData));
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kNext, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kNext, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
     } else {
       std::vector<uint32_t> got(n);
-      GREQUIRE_OK(r, lf_recv(c.ch, got.data(), n * 4, kData, nullptr));
-      for (uint32_t i = 0; i < n; ++i) GREQUIRE(r, got[i] == 1 + 2 * i, "element %u", i);
+      REQUIRE_OK(r, lf_recv(c.ch, got.data(), n * 4, kData, nullptr));
+      for (uint32_t i = 0; i < n; ++i) REQUIRE(r, got[i] == 1 + 2 * i, "element %u", i);
       lf_request_t req;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kNext, &req));
-      GREQUIRE_OK(r, lf_wait_buffer(req, &b, nullptr));
-      GREQUIRE(r, lf_buffer_kind(b) == LF_MEM_HOST, "kind %s", lf_memory_kind_string(lf_buffer_kind(b)));
-      GREQUIRE(r, static_cast<const uint32_t *>(lf_buffer_data(b))[n - 1] == 1 + 2 * (n - 1), "last element");
-      GREQUIRE_OK(r, lf_free(b));
+      REQUIRE_OK(r, lf_irecv_buffer(c.ch, kNext, &req));
+      REQUIRE_OK(r, lf_wait_buffer(req, &b, nullptr));
+      REQUIRE(r, lf_buffer_kind(b) == LF_MEM_HOST, "kind %s", lf_memory_kind_string(lf_buffer_kind(b)));
+      REQUIRE(r, static_cast<const uint32_t *>(lf_buffer_data(b))[n - 1] == 1 + 2 * (n - 1), "last element");
+      REQUIRE_OK(r, lf_free(b));
     }
     close_all(r, c);
   });
 }
 
 TEST_F(VulkanIpc, ViewOutlivesTheChannel) {
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
     if (r.rank == 0) {
       lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
       ap.strict = 1;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_alloc_ex(c.ctx, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b));
+      REQUIRE_OK(r, lf_alloc_ex(c.ctx, 4096, LF_MEM_VULKAN_DEVICE, &ap, &b));
       lf_vulkan_kernel_t fill = kernel(r, lf_spv_fill, sizeof lf_spv_fill);
       Push fp{1024, 42, 0};
-      GREQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, 1024));
+      REQUIRE_OK(r, lf_vulkan_kernel_run(fill, b, &fp, sizeof fp, 1024));
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
-      GREQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_vulkan_kernel_destroy(fill));
       char done;
-      GREQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
+      REQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
       close_all(r, c);
     } else {
       lf_request_t req;
       lf_buffer_t view;
-      GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-      GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
-      GREQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
+      REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+      REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+      REQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
       close_all(r, c);  // the channel and context go first
       uint32_t last = 0;
-      GREQUIRE_OK(r, lf_buffer_read(view, 4092, &last, 4));
-      GREQUIRE(r, last == 42, "last word %u", last);
-      GREQUIRE_OK(r, lf_free(view));
+      REQUIRE_OK(r, lf_buffer_read(view, 4092, &last, 4));
+      REQUIRE(r, last == 42, "last word %u", last);
+      REQUIRE_OK(r, lf_free(view));
     }
   });
 }
@@ -530,10 +530,10 @@ uint32_t slow_value(uint32_t i, uint32_t rounds) {
 }
 
 TEST_F(VulkanIpc, GpuWritesInFlightAtSendAreCompleteBeforeTheReceiverReads) {
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
     // Long enough on lavapipe (~0.1-1 s) that an unsynchronised receiver
     // would read zeros; the last elements are written last.
     constexpr uint32_t n = 1 << 18, rounds = 2000;
@@ -541,31 +541,31 @@ TEST_F(VulkanIpc, GpuWritesInFlightAtSendAreCompleteBeforeTheReceiverReads) {
       lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
       ap.strict = 1;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
+      REQUIRE_OK(r, lf_alloc_ex(c.ctx, n * 4, LF_MEM_VULKAN_DEVICE, &ap, &b));
       std::vector<uint32_t> zero(n, 0);
-      GREQUIRE_OK(r, lf_buffer_write(b, 0, zero.data(), n * 4));
+      REQUIRE_OK(r, lf_buffer_write(b, 0, zero.data(), n * 4));
       lf_vulkan_buffer_info_t vi = LF_VULKAN_BUFFER_INFO_INIT;
-      GREQUIRE_OK(r, lf_buffer_vulkan_info(b, &vi));
+      REQUIRE_OK(r, lf_buffer_vulkan_info(b, &vi));
       RawDispatch d;
-      GREQUIRE(r, d.submit(vi, n, rounds), "raw Vulkan dispatch failed");
+      REQUIRE(r, d.submit(vi, n, rounds), "raw Vulkan dispatch failed");
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
       char done;
-      GREQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
+      REQUIRE_OK(r, lf_recv(c.ch, &done, 1, kDone, nullptr));
       d.destroy(static_cast<VkQueue>(vi.queue));
     } else {
       lf_request_t req;
       lf_buffer_t view;
-      GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-      GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+      REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+      REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
       // Straight through the mapping, no call that could wait on anything.
       const auto *p = static_cast<const uint32_t *>(lf_buffer_data(view));
-      GREQUIRE(r, p != nullptr, "lavapipe memory is host visible");
+      REQUIRE(r, p != nullptr, "lavapipe memory is host visible");
       for (uint32_t i : {n - 1, n / 2, 0u, n - 64})
-        GREQUIRE(r, p[i] == slow_value(i, rounds), "element %u is %u: read before the sender's GPU finished", i, p[i]);
-      GREQUIRE_OK(r, lf_free(view));
-      GREQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
+        REQUIRE(r, p[i] == slow_value(i, rounds), "element %u is %u: read before the sender's GPU finished", i, p[i]);
+      REQUIRE_OK(r, lf_free(view));
+      REQUIRE_OK(r, lf_send(c.ch, "d", 1, kDone));
     }
     close_all(r, c);
   });
@@ -613,36 +613,36 @@ struct BadCase {
   const char *why;  ///< part of the receiver's error text
 };
 
-class VulkanIpcMalformed : public TwoRanks, public ::testing::WithParamInterface<BadCase> {};
+class VulkanIpcMalformed : public MultiProcess, public ::testing::WithParamInterface<BadCase> {};
 
 TEST_P(VulkanIpcMalformed, ReceiverGetsProtocolErrorNeverAnOutOfRangeAccess) {
   const Bad bad = GetParam().bad;
   const char *why = GetParam().why;
-  run([bad, why](Rank &r) {
+  run(2, [bad, why](Rank &r) {
     need_vulkan(r);
     Conn c = open_gpu(r, LF_MEM_VULKAN_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "vulkan-ipc", "transport %s", lf_channel_transport(c.ch));
     pid_t peer = 0;
     if (r.rank == 0) {
       // One good message first: an allocation the receiver knows.
       lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
       ap.strict = 1;
       lf_buffer_t b;
-      GREQUIRE_OK(r, lf_alloc_ex(c.ctx, 1 << 16, LF_MEM_VULKAN_DEVICE, &ap, &b));
+      REQUIRE_OK(r, lf_alloc_ex(c.ctx, 1 << 16, LF_MEM_VULKAN_DEVICE, &ap, &b));
       lf_request_t req;
-      GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-      GREQUIRE_OK(r, lf_wait(req, nullptr));
-      GREQUIRE_OK(r, lf_recv(c.ch, &peer, sizeof peer, kDone, nullptr));
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
+      REQUIRE_OK(r, lf_recv(c.ch, &peer, sizeof peer, kDone, nullptr));
 
       char *base = find_ring();
-      GREQUIRE(r, base != nullptr, "ring not found");
+      REQUIRE(r, base != nullptr, "ring not found");
       shm::SegmentHeader h;
       std::memcpy(&h, base, sizeof h);
       shm::Layout l;
-      GREQUIRE(r, shm::compute_layout(h.slot_count, h.ctl_count, h.fifo_bytes, l), "layout");
+      REQUIRE(r, shm::compute_layout(h.slot_count, h.ctl_count, h.fifo_bytes, l), "layout");
       auto *slots = reinterpret_cast<shm::Slot *>(base + l.dir_offset[0] + l.slots_off);
       const shm::Slot &good = slots[0];
-      GREQUIRE(r, good.kind == static_cast<uint8_t>(shm::Kind::zero_copy), "first slot kind %u", good.kind);
+      REQUIRE(r, good.kind == static_cast<uint8_t>(shm::Kind::zero_copy), "first slot kind %u", good.kind);
       const uint64_t memory = good.body.words[shm::kSegment];
       const uint64_t sent = 1;  // rank 0's ring holds the one descriptor so far
       shm::Slot *t = &slots[sent % h.slot_count];
@@ -664,7 +664,7 @@ TEST_P(VulkanIpcMalformed, ReceiverGetsProtocolErrorNeverAnOutOfRangeAccess) {
           // Announce a new allocation id on the connection's socket, with a
           // pipe instead of memory, or with no fd at all.
           const int sock = connection_socket(peer);
-          GREQUIRE(r, sock >= 0, "connection socket not found");
+          REQUIRE(r, sock >= 0, "connection socket not found");
           struct {
             shm::SegmentAnnounce a;
             lf::gpu_ipc::Record rec;
@@ -675,7 +675,7 @@ TEST_P(VulkanIpcMalformed, ReceiverGetsProtocolErrorNeverAnOutOfRangeAccess) {
           msg.rec.allocation_size = 1 << 16;
           if (bad == Bad::announce_pipe) {
             int p[2];
-            GREQUIRE(r, pipe(p) == 0, "pipe");
+            REQUIRE(r, pipe(p) == 0, "pipe");
             msghdr m{};
             iovec iov{&msg, sizeof msg};
             m.msg_iov = &iov;
@@ -688,9 +688,9 @@ TEST_P(VulkanIpcMalformed, ReceiverGetsProtocolErrorNeverAnOutOfRangeAccess) {
             cm->cmsg_type = SCM_RIGHTS;
             cm->cmsg_len = CMSG_LEN(sizeof(int));
             std::memcpy(CMSG_DATA(cm), &p[0], sizeof(int));
-            GREQUIRE(r, sendmsg(sock, &m, 0) == static_cast<ssize_t>(sizeof msg), "sendmsg");
+            REQUIRE(r, sendmsg(sock, &m, 0) == static_cast<ssize_t>(sizeof msg), "sendmsg");
           } else {
-            GREQUIRE(r, write(sock, &msg, sizeof msg) == static_cast<ssize_t>(sizeof msg), "write");
+            REQUIRE(r, write(sock, &msg, sizeof msg) == static_cast<ssize_t>(sizeof msg), "write");
           }
           t->body.words[shm::kSegment] = 0xbad0bad0ull;
           break;
@@ -701,28 +701,28 @@ TEST_P(VulkanIpcMalformed, ReceiverGetsProtocolErrorNeverAnOutOfRangeAccess) {
       // for it to close the connection instead.
       char x;
       lf_status_t st = lf_recv(c.ch, &x, 1, kDone, nullptr);
-      GREQUIRE(r, st == LF_ERR_PEER_GONE || st == LF_ERR_PROTOCOL, "got %s", lf_status_string(st));
+      REQUIRE(r, st == LF_ERR_PEER_GONE || st == LF_ERR_PROTOCOL, "got %s", lf_status_string(st));
       lf_channel_close(c.ch);
       lf_finalize(c.ctx);
       return;
     }
     lf_request_t req;
     lf_buffer_t view;
-    GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-    GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+    REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+    REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
     const pid_t me = getpid();
-    GREQUIRE_OK(r, lf_send(c.ch, &me, sizeof me, kDone));
+    REQUIRE_OK(r, lf_send(c.ch, &me, sizeof me, kDone));
     lf_buffer_t got = nullptr;
-    GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kNext, &req));
+    REQUIRE_OK(r, lf_irecv_buffer(c.ch, kNext, &req));
     lf_status_t st = lf_wait_buffer(req, &got, nullptr);
-    GREQUIRE(r, st == LF_ERR_PROTOCOL, "got %s (%s)", lf_status_string(st), lf_last_error());
-    GREQUIRE(r, std::strstr(lf_last_error(), why) != nullptr, "error text '%s' lacks '%s'", lf_last_error(), why);
-    GREQUIRE(r, got == nullptr, "a buffer was delivered");
-    GREQUIRE_ST(r, LF_ERR_PROTOCOL, lf_send(c.ch, "x", 1, kDone));
+    REQUIRE(r, st == LF_ERR_PROTOCOL, "got %s (%s)", lf_status_string(st), lf_last_error());
+    REQUIRE(r, std::strstr(lf_last_error(), why) != nullptr, "error text '%s' lacks '%s'", lf_last_error(), why);
+    REQUIRE(r, got == nullptr, "a buffer was delivered");
+    REQUIRE_ST(r, LF_ERR_PROTOCOL, lf_send(c.ch, "x", 1, kDone));
     // The view received before the failure is still fine.
     uint32_t w = 0;
-    GREQUIRE_OK(r, lf_buffer_read(view, 0, &w, 4));
-    GREQUIRE_OK(r, lf_free(view));
+    REQUIRE_OK(r, lf_buffer_read(view, 0, &w, 4));
+    REQUIRE_OK(r, lf_free(view));
     close_all(r, c);
   });
 }
@@ -739,53 +739,53 @@ INSTANTIATE_TEST_SUITE_P(Descriptors, VulkanIpcMalformed,
 
 // ---- CUDA ---------------------------------------------------------------------------------
 
-class CudaIpc : public TwoRanks {};
+class CudaIpc : public MultiProcess {};
 
 TEST_F(CudaIpc, ProducerFillsConsumerReadsWithoutACopy) {
-  run([](Rank &r) {
+  run(2, [](Rank &r) {
     lf_alloc_params_t ap = LF_ALLOC_PARAMS_INIT;
     ap.strict = 1;
     lf_buffer_t probe = nullptr;
-    if (lf_alloc_ex(nullptr, 4096, LF_MEM_CUDA_DEVICE, &ap, &probe) != LF_OK) GSKIP(r, "%s", lf_last_error());
+    if (lf_alloc_ex(nullptr, 4096, LF_MEM_CUDA_DEVICE, &ap, &probe) != LF_OK) SKIP_RANK(r, "%s", lf_last_error());
     lf_free(probe);
     Conn c = open_gpu(r, LF_MEM_CUDA_DEVICE);
-    GREQUIRE(r, std::string(lf_channel_transport(c.ch)) == "cuda-ipc", "transport %s (%s)", lf_channel_transport(c.ch),
-             lf_channel_reason(c.ch));
+    REQUIRE(r, std::string(lf_channel_transport(c.ch)) == "cuda-ipc", "transport %s (%s)", lf_channel_transport(c.ch),
+            lf_channel_reason(c.ch));
     constexpr size_t n = 1 << 20;
     if (r.rank == 0) {
       lf_pool_params_t pp = LF_POOL_PARAMS_INIT;
       pp.kind = LF_MEM_CUDA_DEVICE;
       pp.strict = 1;
       lf_pool_t pool;
-      GREQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
+      REQUIRE_OK(r, lf_pool_create(c.ctx, &pp, &pool));
       std::vector<uint32_t> v(n / 4);
       for (uint32_t round = 0; round < 8; ++round) {
         lf_buffer_t b;
-        GREQUIRE_OK(r, lf_pool_acquire(pool, n, &b));
+        REQUIRE_OK(r, lf_pool_acquire(pool, n, &b));
         for (uint32_t i = 0; i < v.size(); ++i) v[i] = round * 7919u + i;
-        GREQUIRE_OK(r, lf_buffer_write(b, 0, v.data(), n));
+        REQUIRE_OK(r, lf_buffer_write(b, 0, v.data(), n));
         lf_request_t req;
-        GREQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
-        GREQUIRE_OK(r, lf_wait(req, nullptr));
+        REQUIRE_OK(r, lf_isend_buffer(c.ch, b, kData, &req));
+        REQUIRE_OK(r, lf_wait(req, nullptr));
         char ack;
-        GREQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
+        REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, kDone, nullptr));
       }
       lf_pool_stats_t s = LF_POOL_STATS_INIT;
-      GREQUIRE_OK(r, lf_pool_stats(pool, &s));
-      GREQUIRE(r, s.misses == 1, "misses %llu: views did not return the buffer", (unsigned long long)s.misses);
-      GREQUIRE_OK(r, lf_pool_destroy(pool));
+      REQUIRE_OK(r, lf_pool_stats(pool, &s));
+      REQUIRE(r, s.misses == 1, "misses %llu: views did not return the buffer", (unsigned long long)s.misses);
+      REQUIRE_OK(r, lf_pool_destroy(pool));
     } else {
       std::vector<uint32_t> v(n / 4);
       for (uint32_t round = 0; round < 8; ++round) {
         lf_request_t req;
         lf_buffer_t view;
-        GREQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
-        GREQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
-        GREQUIRE(r, lf_buffer_kind(view) == LF_MEM_CUDA_DEVICE, "kind %s", lf_memory_kind_string(lf_buffer_kind(view)));
-        GREQUIRE_OK(r, lf_buffer_read(view, 0, v.data(), n));
-        for (uint32_t i = 0; i < v.size(); ++i) GREQUIRE(r, v[i] == round * 7919u + i, "round %u word %u", round, i);
-        GREQUIRE_OK(r, lf_free(view));
-        GREQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
+        REQUIRE_OK(r, lf_irecv_buffer(c.ch, kData, &req));
+        REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
+        REQUIRE(r, lf_buffer_kind(view) == LF_MEM_CUDA_DEVICE, "kind %s", lf_memory_kind_string(lf_buffer_kind(view)));
+        REQUIRE_OK(r, lf_buffer_read(view, 0, v.data(), n));
+        for (uint32_t i = 0; i < v.size(); ++i) REQUIRE(r, v[i] == round * 7919u + i, "round %u word %u", round, i);
+        REQUIRE_OK(r, lf_free(view));
+        REQUIRE_OK(r, lf_send(c.ch, "a", 1, kDone));
       }
     }
     close_all(r, c);

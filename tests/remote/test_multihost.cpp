@@ -13,7 +13,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "procs.hpp"
+#include "multiprocess.hpp"
 
 using namespace lftest;
 
