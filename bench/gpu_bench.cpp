@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "lavaflow_features.h"
 #include "memory/cuda_rt.hpp"
 #include "memory/transfer.hpp"
@@ -351,6 +352,7 @@ void bench_ipc(const Options &o) {
   for (auto [kind, expect] : apis) {
     const std::string boot = "unix:/tmp/lf-bench-gpu-" + std::to_string(getpid()) + "-" + std::to_string(n++);
     pid_t pids[2];
+    bench_job_key();
     for (int r = 0; r < 2; ++r) {
       pids[r] = fork();
       if (pids[r] == 0) {

@@ -151,6 +151,7 @@ int main(int argc, char **argv) {
     setenv("LF_BOOTSTRAP", addr.c_str(), 1);
     setenv("LF_SIZE", "2", 1);
     setenv("LF_BOOTSTRAP_MODE", "env", 1);
+    bench_job_key();
     child = fork();
     if (child < 0) {
       std::perror("fork");

@@ -103,6 +103,7 @@ int main(int argc, char **argv) {
   setenv("LF_BOOTSTRAP", addr.c_str(), 1);
   setenv("LF_SIZE", "2", 1);
   setenv("LF_BOOTSTRAP_MODE", "env", 1);
+  bench_job_key();
   pid_t child = fork();
   const int rank = child == 0 ? 1 : 0;
   setenv("LF_RANK", rank ? "1" : "0", 1);

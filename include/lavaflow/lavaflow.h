@@ -288,15 +288,19 @@ typedef struct {
   const char *transports;       /**< As LF_TRANSPORTS ("shm,tcp", "^mpi"); NULL = environment. */
   int strict;                   /**< Non-zero: fail rather than fall back to a lesser transport. */
   lf_memory_kind_t memory_kind; /**< Kind of memory most payloads live in (picks GPU IPC). */
+  size_t message_bytes;         /**< Typical message size the transports' costs are compared at; 0 = 64 KiB. */
 } lf_channel_params_t;
 
 #define LF_CHANNEL_PARAMS_INIT \
-  { sizeof(lf_channel_params_t), NULL, 0, LF_MEM_HOST }
+  { sizeof(lf_channel_params_t), NULL, 0, LF_MEM_HOST, 0 }
 
 /**
  * Connect to `peer`. Both ranks must call it (in any order with respect to
- * other channels). The transport is chosen from the scope between the two
- * ranks, the memory kind, and LF_TRANSPORTS.
+ * other channels). The transport is chosen by cost: each transport estimates
+ * a message of the channel's typical size and memory kind at the scope
+ * between the two ranks, and the cheapest that LF_TRANSPORTS allows and both
+ * ranks started wins (lf_channel_reason shows the estimate). Both ranks must
+ * pass the same parameters.
  */
 lf_status_t lf_channel_open(lf_context_t ctx, int peer, lf_channel_t *out);
 
@@ -322,7 +326,10 @@ int lf_channel_peer(lf_channel_t ch);
 /**
  * Start sending `bytes` from `data` with `tag`. The caller must not modify
  * `data` until the request completes. Messages with the same tag on one
- * channel arrive in the order they were sent.
+ * channel arrive in the order they were sent. A send may complete only once
+ * the peer posts a matching receive (mpi does so above its eager limit; shm
+ * and tcp buffer up to their unexpected-message caps), so a program must not
+ * block on sends in an order its peer does not receive them in.
  */
 lf_status_t lf_isend(lf_channel_t ch, const void *data, size_t bytes, uint64_t tag, lf_request_t *req);
 
@@ -333,7 +340,12 @@ lf_status_t lf_isend(lf_channel_t ch, const void *data, size_t bytes, uint64_t t
  */
 lf_status_t lf_irecv(lf_channel_t ch, void *data, size_t capacity, uint64_t tag, lf_request_t *req);
 
-/** Drive progress; *done = 1 when the request is complete. Does not free it. */
+/**
+ * Drive progress; *done = 1 when the request is complete. Does not free it.
+ * Returns LF_OK while it is in progress or when it completed successfully,
+ * and the request's own failure status (LF_ERR_CANCELLED, LF_ERR_PEER_GONE,
+ * ...) once it completed with one.
+ */
 lf_status_t lf_test(lf_request_t req, int *done);
 
 /**
@@ -363,8 +375,9 @@ lf_status_t lf_send(lf_channel_t ch, const void *data, size_t bytes, uint64_t ta
 lf_status_t lf_recv(lf_channel_t ch, void *data, size_t capacity, uint64_t tag, size_t *bytes);
 
 /**
- * Zero-copy send: hand `buf` over to the channel. From this call on the
- * buffer belongs to lavaflow; do not touch or free it. When `buf` comes from
+ * Zero-copy send: hand `buf` over to the channel. Once this call returns
+ * LF_OK the buffer belongs to lavaflow; do not touch or free it (if the call
+ * fails, e.g. for a closed channel or LF_ANY_TAG, it stays the caller's). When `buf` comes from
  * the shared pool and the channel uses shared memory, only a descriptor is
  * sent; the receiver's view refers to the same physical memory, and when the
  * receiver frees its view the memory returns to this process's pool. Other
@@ -407,14 +420,18 @@ lf_status_t lf_wait_timeout(lf_request_t req, int64_t timeout_ms, size_t *bytes)
  * Wait until one of `n` requests completes; frees that one, sets *index to
  * its position and returns its status (*bytes as lf_wait). NULL entries are
  * skipped; with no non-NULL entry it returns LF_ERR_INVALID_ARG. The others
- * stay valid.
+ * stay valid. On a call error (a bad or busy entry) *index is SIZE_MAX.
+ * Requests started by lf_irecv_buffer complete only through lf_wait_buffer;
+ * lf_wait, lf_wait_timeout, lf_waitany and lf_waitall refuse them.
  */
 lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_t *bytes);
 
 /**
  * Wait for all `n` requests and free them; NULL entries are skipped, and each
  * entry is set to NULL once freed. Returns LF_OK, or the first failure's
- * status (every request is still waited and freed).
+ * status: every request is still waited and freed, except entries that are
+ * not waitable here (stale, being waited by another thread, or started by
+ * lf_irecv_buffer), which are left as they are.
  */
 lf_status_t lf_waitall(lf_request_t *reqs, size_t n);
 

@@ -45,17 +45,17 @@ const char *intern(const std::string &s) noexcept {
   }
 }
 
-Context *context_of(lf_context_t h) noexcept {
+std::shared_ptr<Context> context_of(lf_context_t h) noexcept {
   if (!h) {
     fail(LF_ERR_INVALID_ARG, "context is NULL");
     return nullptr;
   }
-  ContextSlot *s = contexts().get(h);
-  if (!s || !s->ctx) {
-    fail(LF_ERR_CLOSED, "context is not valid (finalized or never initialised)");
-    return nullptr;
-  }
-  return s->ctx.get();
+  // Copied with the slot locked: a finalize on another thread then cannot
+  // free the context while this call uses it.
+  std::shared_ptr<Context> ctx;
+  contexts().with_locked(h, [&](ContextSlot &s) { ctx = s.ctx; });
+  if (!ctx) fail(LF_ERR_CLOSED, "context is not valid (finalized, never initialised, or not a context handle)");
+  return ctx;
 }
 
 namespace {
@@ -68,7 +68,7 @@ lf_status_t copy_out(const std::string &s, char *buf, size_t len, size_t *needed
   return LF_OK;
 }
 
-Result<int> peer_of(Context *ctx, int peer) {
+Result<int> peer_of(const std::shared_ptr<Context> &ctx, int peer) {
   if (peer < 0 || peer >= ctx->size())
     return LF_FAIL(LF_ERR_INVALID_ARG, "rank %d is out of range (world of %d ranks)", peer, ctx->size());
   return peer;
@@ -92,6 +92,7 @@ LF_API lf_status_t lf_init(lf_context_t *out) {
     auto [h, slot] = contexts().acquire();
     if (!slot) return fail(LF_ERR_NO_MEMORY, "lf_init: no free context handle");
     slot->ctx = std::move(*ctx);
+    contexts().publish(h);
     *out = ContextTable::to_handle<lf_context_t>(h);
     return LF_OK;
   });
@@ -99,37 +100,42 @@ LF_API lf_status_t lf_init(lf_context_t *out) {
 
 LF_API lf_status_t lf_finalize(lf_context_t h) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
-    if (!ctx) return lf_status_t(h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG);
-    // Close the channels the application left open; their requests then
-    // complete with LF_ERR_CLOSED.
+    if (!h) return fail(LF_ERR_INVALID_ARG, "lf_finalize: context is NULL");
+    // Retire the handle first: from here on no call can start on this
+    // context, and of two racing finalizes one wins.
+    std::shared_ptr<Context> keep;
+    if (!contexts().retire(h, [&](ContextSlot &s) { keep = std::move(s.ctx); }) || !keep)
+      return fail(LF_ERR_CLOSED, "lf_finalize: context is not valid (finalized, or not a context handle)");
+    // Calls that took their reference before the retire may still be
+    // opening channels: refuse further opens, then close the channels the
+    // application left open (their requests complete with LF_ERR_CLOSED),
+    // and any whose open raced this call.
+    keep->begin_close();
     std::vector<void *> mine;
     channels().for_each([&](void *ch_handle, ChannelSlot &s) {
       if (s.owner == h) mine.push_back(ch_handle);
     });
     for (void *c : mine) lf_channel_close(static_cast<lf_channel_t>(c));
-    std::shared_ptr<Context> keep;
-    if (!contexts().retire(h, [&](ContextSlot &s) { keep = std::move(s.ctx); }) || !keep)
-      return fail(LF_ERR_CLOSED, "lf_finalize: context was finalized by another thread");
-    (void)ctx->set_progress_thread(false);
+    keep->close_channels();
+    (void)keep->set_progress_thread(false);
     keep.reset();  // the context goes once the last request referencing it is freed
     return LF_OK;
   });
 }
 
 LF_API int lf_rank(lf_context_t h) {
-  Context *ctx = context_of(h);
+  std::shared_ptr<Context> ctx = context_of(h);
   return ctx ? ctx->rank() : -1;
 }
 
 LF_API int lf_size(lf_context_t h) {
-  Context *ctx = context_of(h);
+  std::shared_ptr<Context> ctx = context_of(h);
   return ctx ? ctx->size() : -1;
 }
 
 LF_API lf_status_t lf_barrier(lf_context_t h) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
+    std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     if (auto st = ctx->bootstrap().barrier(); !st) return fail(st.error());
     return LF_OK;
@@ -139,7 +145,7 @@ LF_API lf_status_t lf_barrier(lf_context_t h) {
 LF_API lf_scope_t lf_scope(lf_context_t h, int peer) {
   lf_scope_t out = LF_SCOPE_INVALID;
   guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
+    std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return LF_ERR_INVALID_ARG;
     auto p = peer_of(ctx, peer);
     if (!p) return fail(p.error());
@@ -160,7 +166,7 @@ LF_API const char *lf_scope_string(lf_scope_t scope) {
 
 LF_API lf_status_t lf_scope_explain(lf_context_t h, int peer, char *buf, size_t len) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
+    std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     auto p = peer_of(ctx, peer);
     if (!p) return fail(p.error());
@@ -171,7 +177,7 @@ LF_API lf_status_t lf_scope_explain(lf_context_t h, int peer, char *buf, size_t 
 
 LF_API lf_status_t lf_location_json(lf_context_t h, int rank, char *buf, size_t len, size_t *needed) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
+    std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     auto p = peer_of(ctx, rank);
     if (!p) return fail(p.error());
@@ -181,7 +187,7 @@ LF_API lf_status_t lf_location_json(lf_context_t h, int rank, char *buf, size_t 
 
 LF_API lf_status_t lf_progress_thread(lf_context_t h, int enable) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(h);
+    std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     if (auto st = ctx->set_progress_thread(enable != 0); !st) return fail(st.error());
     return LF_OK;

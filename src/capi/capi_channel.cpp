@@ -84,15 +84,23 @@ lf_status_t new_request(std::shared_ptr<Channel> ch, bool is_send, RequestSlot *
     r->recv = RecvOp{};
   slot = r;
   handle = RequestTable::to_handle<lf_request_t>(id);
+  // Live before the op is posted: the handle escapes only when the caller
+  // returns, and a cancel that finds it live must find its channel set.
+  requests().publish(id);
   return LF_OK;
 }
 
-// Free a claimed, completed request.
+// Free a claimed, completed request. What it referenced is dropped after
+// the slot is unlocked: the last reference to a channel may close it (and
+// its endpoint may wait briefly for the peer), which must not happen while
+// a concurrent lf_cancel spins on the slot.
 void free_request(lf_request_t h) noexcept {
-  requests().retire(h, [](RequestSlot &r) {
-    r.ch.reset();
-    r.send.buffer.reset();
-    r.recv.buffer.reset();
+  std::shared_ptr<Channel> ch;
+  BufferPtr send_buffer, recv_buffer;
+  requests().retire(h, [&](RequestSlot &r) {
+    ch = std::move(r.ch);
+    send_buffer = std::move(r.send.buffer);
+    recv_buffer = std::move(r.recv.buffer);
   });
 }
 
@@ -133,7 +141,19 @@ lf_status_t finish_claimed(lf_request_t h, RequestSlot *r, Deadline deadline, lf
 
 Deadline deadline_after_ms(int64_t ms) noexcept {
   if (ms < 0) return Deadline::max();
-  return Clock::now() + std::chrono::milliseconds(ms);
+  Deadline now = Clock::now();
+  // Far-off deadlines saturate instead of overflowing into the past.
+  if (std::chrono::milliseconds(ms) >= std::chrono::duration_cast<std::chrono::milliseconds>(Deadline::max() - now))
+    return Deadline::max();
+  return now + std::chrono::milliseconds(ms);
+}
+
+// A buffer receive completes only through lf_wait_buffer: any other wait
+// would free the request and the buffer it received with it.
+lf_status_t refuse_buffer_request(lf_request_t h, const RequestSlot *r, const char *fn) noexcept {
+  if (r->is_send || !r->recv.want_buffer) return LF_OK;
+  requests().unclaim(h);
+  return fail(LF_ERR_INVALID_ARG, "%s: request was started by lf_irecv_buffer; complete it with lf_wait_buffer", fn);
 }
 
 }  // namespace
@@ -141,7 +161,7 @@ Deadline deadline_after_ms(int64_t ms) noexcept {
 LF_API lf_status_t lf_channel_open_ex(lf_context_t ctx_h, int peer, const lf_channel_params_t *params,
                                       lf_channel_t *out) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(ctx_h);
+    std::shared_ptr<Context> ctx = context_of(ctx_h);
     if (!ctx) return ctx_h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_channel_open: out is NULL");
     ChannelOptions opts;
@@ -156,13 +176,23 @@ LF_API lf_status_t lf_channel_open_ex(lf_context_t ctx_h, int peer, const lf_cha
       if (p.memory_kind < 0 || p.memory_kind >= LF_MEM_KIND_COUNT_)
         return fail(LF_ERR_INVALID_ARG, "unknown memory kind %d", static_cast<int>(p.memory_kind));
       opts.memory_kind = static_cast<MemoryKind>(p.memory_kind);
+      if (p.message_bytes > kMaxMessage)
+        return fail(LF_ERR_INVALID_ARG, "lf_channel_params_t.message_bytes=%zu is not a plausible size",
+                    p.message_bytes);
+      if (p.message_bytes) opts.message_bytes = p.message_bytes;
     }
-    auto ch = Channel::open(*ctx, peer, opts);
-    if (!ch) return fail(ch.error());
+    // The handle first: running out of handles must not leave a peer
+    // connected to a channel nobody can use.
     auto [id, slot] = channels().acquire();
     if (!slot) return fail(LF_ERR_NO_MEMORY, "no free channel handle");
+    auto ch = Channel::open(*ctx, peer, opts);
+    if (!ch) {
+      channels().abandon(id);
+      return fail(ch.error());
+    }
     slot->ch = std::move(*ch);
     slot->owner = ctx_h;
+    channels().publish(id);
     *out = ChannelTable::to_handle<lf_channel_t>(id);
     return LF_OK;
   });
@@ -176,7 +206,12 @@ LF_API lf_status_t lf_channel_close(lf_channel_t h) {
   return guard([&]() -> lf_status_t {
     if (!h) return fail(LF_ERR_INVALID_ARG, "lf_channel_close: channel is NULL");
     std::shared_ptr<Channel> keep;
-    if (!channels().retire(h, [&](ChannelSlot &s) { keep = std::move(s.ch); }) || !keep)
+    if (!channels().retire(h,
+                           [&](ChannelSlot &s) {
+                             keep = std::move(s.ch);
+                             s.owner = nullptr;
+                           }) ||
+        !keep)
       return fail(LF_ERR_CLOSED, "lf_channel_close: channel is not valid (closed twice, or not a channel handle)");
     // Requests and blocked calls on other threads hold their own references:
     // they fail with LF_ERR_CLOSED, and the channel is freed after them.
@@ -252,13 +287,14 @@ LF_API lf_status_t lf_isend_buffer(lf_channel_t h, lf_buffer_t buf, uint64_t tag
     if (tag == LF_ANY_TAG) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: LF_ANY_TAG is for receives only");
     std::shared_ptr<Channel> ch = channel_ref(h, code);
     if (!ch) return code;
-    if (!peek(buf)) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is not a live buffer");
+    if (!buf) return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is NULL");
     RequestSlot *r;
     lf_request_t handle;
     if ((code = new_request(std::move(ch), true, r, handle)) != LF_OK) return code;
     BufferPtr b = unwrap_take(buf);
     if (!b) {
-      // Freed by another thread since the check above.
+      // Not a live buffer (or freed by another thread meanwhile): taking it
+      // decides, with the buffer's slot locked.
       free_request(handle);
       return fail(LF_ERR_INVALID_ARG, "lf_isend_buffer: buf is not a live buffer");
     }
@@ -292,8 +328,8 @@ LF_API lf_status_t lf_test(lf_request_t h, int *done) {
   if (!done) return fail(LF_ERR_INVALID_ARG, "lf_test: done is NULL");
   RequestSlot *r = claim_request(h, "lf_test", code);
   if (!r) return code;
-  if (r->status() == LF_IN_PROGRESS) r->ch->progress();
-  lf_status_t st = r->status();
+  if (r->status_now() == LF_IN_PROGRESS) r->ch->progress();
+  lf_status_t st = r->status_now();
   *done = st != LF_IN_PROGRESS;
   if (st < 0) op_status(r);
   requests().unclaim(h);
@@ -305,7 +341,7 @@ LF_API lf_status_t lf_cancel(lf_request_t h) {
   // Locked briefly, not claimed: a cancel comes from another thread while
   // the owner waits. The channel's lock orders it against matching.
   bool live = requests().with_locked(h, [](RequestSlot &r) {
-    if (!r.is_send && r.status() == LF_IN_PROGRESS) r.ch->cancel(r.recv);
+    if (!r.is_send && r.status_now() == LF_IN_PROGRESS) r.ch->cancel(r.recv);
   });
   if (!live)
     return fail(LF_ERR_CLOSED, "lf_cancel: request is not valid (already completed by a wait, or not a request)");
@@ -318,6 +354,7 @@ LF_API lf_status_t lf_wait_completion(lf_request_t h, lf_completion_t *out) {
     return fail(LF_ERR_INVALID_ARG, "lf_completion_t.size=%zu: initialise with LF_COMPLETION_INIT", out->size);
   RequestSlot *r = claim_request(h, "lf_wait", code);
   if (!r) return code;
+  if ((code = refuse_buffer_request(h, r, "lf_wait")) != LF_OK) return code;
   return finish_claimed(h, r, Deadline::max(), out);
 }
 
@@ -333,6 +370,7 @@ LF_API lf_status_t lf_wait_timeout(lf_request_t h, int64_t timeout_ms, size_t *b
     lf_status_t code = LF_OK;
     RequestSlot *r = claim_request(h, "lf_wait_timeout", code);
     if (!r) return code;
+    if ((code = refuse_buffer_request(h, r, "lf_wait_timeout")) != LF_OK) return code;
     lf_completion_t c = LF_COMPLETION_INIT;
     lf_status_t st = finish_claimed(h, r, deadline_after_ms(timeout_ms), &c);
     if (bytes && (st == LF_OK || st == LF_ERR_TRUNCATED)) *bytes = c.bytes;
@@ -344,6 +382,7 @@ LF_API lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_
   return guard([&]() -> lf_status_t {
     if (!reqs && n) return fail(LF_ERR_INVALID_ARG, "lf_waitany: reqs is NULL");
     if (!index) return fail(LF_ERR_INVALID_ARG, "lf_waitany: index is NULL");
+    *index = SIZE_MAX;  // no request completed (a call error)
     // Claim every request first, so that none is completed twice.
     std::vector<RequestSlot *> claimed(n, nullptr);
     lf_status_t code = LF_OK;
@@ -354,20 +393,24 @@ LF_API lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_
     };
     for (size_t i = 0; i < n; ++i) {
       if (!reqs[i]) continue;
-      if (!(claimed[i] = claim_request(reqs[i], "lf_waitany", code))) {
+      if (!(claimed[i] = claim_request(reqs[i], "lf_waitany", code)) ||
+          (code = refuse_buffer_request(reqs[i], claimed[i], "lf_waitany")) != LF_OK) {
+        claimed[i] = nullptr;  // refuse_buffer_request gave its claim back
         unclaim_all();
         return code;
       }
       ++live;
     }
     if (live == 0) return fail(LF_ERR_INVALID_ARG, "lf_waitany: no request given (all %zu entries are NULL)", n);
-    // Poll them all; after a while, sleep briefly on one endpoint at a time.
+    // Poll them all; every 16 rounds also sweep the context's other channels
+    // (the peer may need this rank's progress there, as in Channel::wait);
+    // after LF_SPIN_COUNT rounds, sleep briefly on one endpoint at a time.
     int64_t spins = config::get_int("LF_SPIN_COUNT");
     for (int64_t round = 0;; ++round) {
       for (size_t i = 0; i < n; ++i) {
         if (!claimed[i]) continue;
-        if (claimed[i]->status() == LF_IN_PROGRESS) claimed[i]->ch->progress();
-        if (claimed[i]->status() != LF_IN_PROGRESS) {
+        if (claimed[i]->status_now() == LF_IN_PROGRESS) claimed[i]->ch->try_progress();
+        if (claimed[i]->status_now() != LF_IN_PROGRESS) {
           RequestSlot *r = claimed[i];
           claimed[i] = nullptr;
           unclaim_all();
@@ -379,29 +422,37 @@ LF_API lf_status_t lf_waitany(lf_request_t *reqs, size_t n, size_t *index, size_
           return st;
         }
       }
-      if (round >= spins) {
-        size_t k = static_cast<size_t>(round) % n;
-        if (claimed[k]) claimed[k]->ch->wait_for_activity(1);
-      }
+      size_t k = static_cast<size_t>(round) % n;
+      if ((round & 15) == 15 && claimed[k]) claimed[k]->ch->context().progress_all();
+      if (round >= spins && claimed[k]) claimed[k]->ch->wait_for_activity(1);
     }
   });
 }
 
 LF_API lf_status_t lf_waitall(lf_request_t *reqs, size_t n) {
-  if (!reqs && n) return fail(LF_ERR_INVALID_ARG, "lf_waitall: reqs is NULL");
-  lf_status_t first = LF_OK;
-  std::string why;
-  for (size_t i = 0; i < n; ++i) {
-    if (!reqs[i]) continue;
-    lf_status_t st = lf_wait(reqs[i], nullptr);
-    if (st != LF_ERR_INVALID_ARG) reqs[i] = nullptr;  // freed (busy requests stay the other waiter's)
-    if (st < 0 && first == LF_OK) {
-      first = st;
-      why = lf_last_error();
+  return guard([&]() -> lf_status_t {
+    if (!reqs && n) return fail(LF_ERR_INVALID_ARG, "lf_waitall: reqs is NULL");
+    lf_status_t first = LF_OK;
+    std::string why;
+    for (size_t i = 0; i < n; ++i) {
+      if (!reqs[i]) continue;
+      lf_status_t code = LF_OK, st;
+      RequestSlot *r = claim_request(reqs[i], "lf_waitall", code);
+      if (r && (code = refuse_buffer_request(reqs[i], r, "lf_waitall")) != LF_OK) r = nullptr;
+      if (!r) {
+        st = code;  // busy, stale or a buffer request: left as it is
+      } else {
+        st = finish_claimed(reqs[i], r, Deadline::max(), nullptr);
+        reqs[i] = nullptr;  // freed, whatever its status
+      }
+      if (st < 0 && first == LF_OK) {
+        first = st;
+        why = lf_last_error();
+      }
     }
-  }
-  if (first < 0) set_last_error(first, why.c_str());
-  return first;
+    if (first < 0) set_last_error(first, why.c_str());
+    return first;
+  });
 }
 
 LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completion_t *info) {
@@ -466,7 +517,7 @@ LF_API lf_status_t lf_recv(lf_channel_t h, void *data, size_t capacity, uint64_t
 
 LF_API lf_status_t lf_shared_pool(lf_context_t ctx_h, lf_pool_t *out) {
   return guard([&]() -> lf_status_t {
-    Context *ctx = context_of(ctx_h);
+    std::shared_ptr<Context> ctx = context_of(ctx_h);
     if (!ctx) return ctx_h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_shared_pool: out is NULL");
     *out = wrap_pool(ctx->shared_pool());

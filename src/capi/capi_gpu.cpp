@@ -16,7 +16,7 @@ namespace {
 
 struct KernelSlot {
 #if LAVAFLOW_HAVE_VULKAN
-  std::unique_ptr<vk::Compute> compute;
+  std::shared_ptr<vk::Compute> compute;  ///< Shared with runs in flight on other threads.
 #endif
 };
 
@@ -83,6 +83,7 @@ LF_API lf_status_t lf_vulkan_kernel_create(int device, const uint32_t *spirv, si
     auto [h, slot] = kernels().acquire();
     if (!slot) return fail(LF_ERR_NO_MEMORY, "no kernel handle available");
     slot->compute = std::move(*c);
+    kernels().publish(h);
     *out = KernelTable::to_handle<lf_vulkan_kernel_t>(h);
     return LF_OK;
 #else
@@ -95,13 +96,16 @@ LF_API lf_status_t lf_vulkan_kernel_create(int device, const uint32_t *spirv, si
 LF_API lf_status_t lf_vulkan_kernel_run(lf_vulkan_kernel_t kernel, lf_buffer_t buf, const void *push, size_t push_bytes,
                                         uint64_t invocations) {
   return guard([&]() -> lf_status_t {
-    KernelSlot *k = kernel ? kernels().get(kernel) : nullptr;
-    if (!k) return fail(kernel ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG, "lf_vulkan_kernel_run: kernel is not live");
+    // A reference taken with the slot locked: a destroy on another thread
+    // then cannot free the kernel under this run.
+    KernelSlot k;
+    if (!kernel || !kernels().with_locked(kernel, [&](KernelSlot &s) { k = s; }))
+      return fail(kernel ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG, "lf_vulkan_kernel_run: kernel is not live");
     lf_status_t code = LF_OK;
     Buffer *b = live_buffer(buf, "lf_vulkan_kernel_run", code);
     if (!b) return code;
 #if LAVAFLOW_HAVE_VULKAN
-    if (auto st = k->compute->run(*b, push, push_bytes, invocations); !st) return fail(st.error());
+    if (auto st = k.compute->run(*b, push, push_bytes, invocations); !st) return fail(st.error());
     return LF_OK;
 #else
     (void)push, (void)push_bytes, (void)invocations;

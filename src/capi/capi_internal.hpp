@@ -31,6 +31,9 @@ struct RequestSlot {
   SendOp send;
   RecvOp recv;
   const lf_status_t &status() const noexcept { return is_send ? send.status : recv.status; }
+  /// The status, read with acquire: once it is final, the op's other fields
+  /// (bytes, error, buffer) written before it by another thread are visible.
+  lf_status_t status_now() const noexcept { return __atomic_load_n(&status(), __ATOMIC_ACQUIRE); }
 };
 
 using ContextTable = HandleTable<ContextSlot, HandleType::context>;
@@ -42,6 +45,7 @@ ChannelTable &channels() noexcept;
 RequestTable &requests() noexcept;
 
 /// Look up a context handle; records the error and returns nullptr if bad.
-Context *context_of(lf_context_t h) noexcept;
+/// The reference keeps the context alive through a racing lf_finalize.
+std::shared_ptr<Context> context_of(lf_context_t h) noexcept;
 
 }  // namespace lf::capi

@@ -75,6 +75,7 @@ lf_buffer_t wrap(BufferPtr b) noexcept {
     return nullptr;
   }
   slot->buf = std::move(b);
+  buffers().publish(h);
   return BufferTable::to_handle<lf_buffer_t>(h);
 }
 
@@ -101,6 +102,7 @@ lf_pool_t wrap_pool(std::shared_ptr<Pool> pool) noexcept {
     return nullptr;
   }
   slot->pool = std::move(pool);
+  pools().publish(h);
   return PoolTable::to_handle<lf_pool_t>(h);
 }
 
@@ -260,10 +262,10 @@ LF_API lf_status_t lf_pool_acquire(lf_pool_t h, size_t bytes, lf_buffer_t *out) 
   return guard([&]() -> lf_status_t {
     if (!h) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: pool is NULL");
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: out is NULL");
-    PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_acquire: pool is not live (destroyed)");
+    std::shared_ptr<Pool> pool = pool_of(h);  // alive through a racing lf_pool_destroy
+    if (!pool) return fail(LF_ERR_CLOSED, "lf_pool_acquire: pool is not live (destroyed, or not a pool handle)");
     if (bytes == 0) return fail(LF_ERR_INVALID_ARG, "lf_pool_acquire: size is 0");
-    auto b = s->pool->acquire(bytes);
+    auto b = pool->acquire(bytes);
     if (!b) return fail(b.error());
     lf_buffer_t bh = wrap(std::move(*b));
     if (!bh) return LF_ERR_NO_MEMORY;
@@ -278,9 +280,9 @@ LF_API lf_status_t lf_pool_stats(lf_pool_t h, lf_pool_stats_t *out) {
     if (!out) return fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out is NULL");
     if (out->size < sizeof(size_t) || out->size > 4096)
       return fail(LF_ERR_INVALID_ARG, "lf_pool_stats: out->size=%zu: initialise with LF_POOL_STATS_INIT", out->size);
-    PoolSlot *s = pools().get(h);
-    if (!s || !s->pool) return fail(LF_ERR_CLOSED, "lf_pool_stats: pool is not live (destroyed)");
-    const PoolStats st = s->pool->stats();
+    std::shared_ptr<Pool> pool = pool_of(h);
+    if (!pool) return fail(LF_ERR_CLOSED, "lf_pool_stats: pool is not live (destroyed, or not a pool handle)");
+    const PoolStats st = pool->stats();
     lf_pool_stats_t c = LF_POOL_STATS_INIT;
     c.hits = st.hits;
     c.misses = st.misses;

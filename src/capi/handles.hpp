@@ -32,7 +32,12 @@ namespace lf::capi {
 class SpinLock {
  public:
   void lock() noexcept {
-    for (unsigned i = 0; held_.exchange(true, std::memory_order_acquire); ++i) pause(i);
+    // Test and test-and-set: waiters spin on a shared read, not on writes
+    // that bounce the line between cores.
+    for (unsigned i = 0;; ++i) {
+      if (!held_.load(std::memory_order_relaxed) && !held_.exchange(true, std::memory_order_acquire)) return;
+      pause(i);
+    }
   }
   void unlock() noexcept { held_.store(false, std::memory_order_release); }
   static void pause(unsigned i) noexcept {
@@ -60,8 +65,9 @@ class HandleTable {
   static constexpr uint32_t kChunks = ((1u << kIndexBits) - 1) / kChunk;  // index + 1 fits in 24 bits
 
  public:
-  /// Take a slot; returns the encoded handle and the slot's object, which the
-  /// caller (re)initialises. Returns {0, nullptr} when out of memory.
+  /// Reserve a slot; returns the encoded handle and the slot's object, which
+  /// the caller (re)initialises and then publish()es: until then no lookup
+  /// (nor for_each) sees it. Returns {0, nullptr} when out of memory.
   std::pair<uint64_t, T *> acquire() noexcept {
     std::lock_guard g(free_lock_);
     uint32_t index;
@@ -82,8 +88,24 @@ class HandleTable {
     }
     Slot &s = slot(index);
     uint64_t gen = s.word.load(std::memory_order_relaxed) >> 32;
-    s.word.store(gen << 32 | kLive, std::memory_order_release);
     return {encode(gen, index), &s.obj};
+  }
+
+  /// Make a reserved slot's handle live (after its object is filled in).
+  void publish(uint64_t handle) noexcept {
+    Slot &s = slot(index_of(to_handle<const void *>(handle)));
+    s.word.store((handle >> 32) << 32 | kLive, std::memory_order_release);
+  }
+
+  /// Give back a reserved slot that was never published.
+  void abandon(uint64_t handle) noexcept {
+    std::lock_guard g(free_lock_);
+    Slot &s = slot(index_of(to_handle<const void *>(handle)));
+    s.word.store(((handle >> 32) + 1) << 32, std::memory_order_release);
+    try {
+      free_.push_back(index_of(to_handle<const void *>(handle)));
+    } catch (const std::bad_alloc &) {
+    }
   }
 
   /// The object behind a live handle of this table's type, or nullptr. No
@@ -123,8 +145,15 @@ class HandleTable {
     obj = &s->obj;
     return Lookup::ok;
   }
+  /// Give a claim back; only for the generation that was claimed, so a stale
+  /// handle never clears another waiter's claim.
   void unclaim(const void *handle) noexcept {
-    if (Slot *s = find(handle)) s->word.fetch_and(~kClaimed, std::memory_order_release);
+    Slot *s = find(handle);
+    if (!s) return;
+    uint64_t w = s->word.load(std::memory_order_relaxed);
+    while ((w >> 32) == gen_of(handle) && (w & kClaimed) &&
+           !s->word.compare_exchange_weak(w, w & ~kClaimed, std::memory_order_release, std::memory_order_relaxed)) {
+    }
   }
 
   /// Retire a live handle: `reset(obj)` runs with the slot locked, then the

@@ -1,5 +1,7 @@
 #include "channel/channel.hpp"
 
+#include <thread>
+
 #include "channel/context.hpp"
 #include "core/config.hpp"
 #include "core/log.hpp"
@@ -24,7 +26,11 @@ Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const Cha
   ch->reason_ = std::move(sel->reason);
   ch->endpoint_ = std::shared_ptr<Endpoint>(std::move(*ep));
   ch->spin_count_ = config::get_int("LF_SPIN_COUNT");
-  ctx.add_channel(ch.get());
+  ch->event_fd_ = ch->endpoint_->event_fd();
+  if (auto st = ctx.add_channel(ch.get()); !st) {
+    ch->close();
+    return std::unexpected(st.error());
+  }
   return ch;
 }
 
@@ -87,9 +93,11 @@ void Channel::progress() noexcept {
   progress_locked();
 }
 
-void Channel::try_progress() noexcept {
+bool Channel::try_progress() noexcept {
   std::unique_lock lock(mu_, std::try_to_lock);
-  if (lock.owns_lock()) progress_locked();
+  if (!lock.owns_lock()) return false;
+  progress_locked();
+  return true;
 }
 
 void Channel::progress_locked() noexcept {
@@ -106,6 +114,7 @@ void Channel::progress_locked() noexcept {
 
 void Channel::fail_all(const Error &e) noexcept {
   if (!broken_) broken_ = e;
+  ended_.store(true, std::memory_order_release);
   while (!posted_.empty()) {
     fail_op(*posted_.front(), e);
     posted_.pop_front();
@@ -116,7 +125,9 @@ bool Channel::wait(const lf_status_t &status, Deadline deadline) noexcept {
   // Volatile read: another thread (the progress thread) may complete it.
   auto done = [&] { return __atomic_load_n(&status, __ATOMIC_ACQUIRE) != LF_IN_PROGRESS; };
   for (int64_t i = 0; !done(); ++i) {
-    progress();
+    // If another thread holds the channel it is driving it: give it the
+    // core rather than spin against it, then look again.
+    if (!try_progress()) std::this_thread::yield();
     if (done()) break;
     // Other channels may need this rank's progress to finish what the peer
     // is waiting for (rendezvous, bounce buffers): sweep them now and then.
@@ -156,10 +167,12 @@ bool Channel::cancel(RecvOp &op) noexcept {
 
 std::optional<Error> Channel::health() noexcept {
   try_progress();  // notice a peer that died since the last call
-  std::lock_guard lock(mu_);
+  if (!ended_.load(std::memory_order_acquire)) return std::nullopt;
+  // Ended: broken_ is written once, before ended_ (fail_all), and never
+  // again, so it may be read without waiting for a thread that holds the
+  // mutex.
   if (broken_) return broken_;
-  if (!endpoint_) return make_error(LF_ERR_CLOSED, "channel is closed");
-  return std::nullopt;
+  return make_error(LF_ERR_CLOSED, "channel is closed");
 }
 
 void Channel::close() noexcept {

@@ -10,6 +10,7 @@
 // what the waiter still uses.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -27,15 +28,17 @@ struct ChannelOptions {
   std::optional<std::string> transports;  ///< Overrides LF_TRANSPORTS when set.
   std::optional<bool> strict;             ///< Overrides LF_STRICT when set.
   MemoryKind memory_kind = MemoryKind::host;
+  size_t message_bytes = 64 * 1024;  ///< Typical message size the choice is made for.
 };
 
-class Channel final : public Matcher {
+class Channel final : public Matcher, public std::enable_shared_from_this<Channel> {
  public:
   /// Select a transport for `peer` and connect (both ranks call it).
   static Result<std::shared_ptr<Channel>> open(Context &ctx, int peer, const ChannelOptions &opts);
   ~Channel() override;
 
   int peer() const noexcept { return peer_; }
+  Context &context() const noexcept { return ctx_; }
   const char *transport_name() const noexcept { return transport_name_; }
   const std::string &reason() const noexcept { return reason_; }
 
@@ -45,13 +48,16 @@ class Channel final : public Matcher {
   void post_recv(RecvOp &op) noexcept;
   /// Drive the endpoint once.
   void progress() noexcept;
-  /// Drive the endpoint once unless another thread is driving it now.
-  void try_progress() noexcept;
+  /// Drive the endpoint once unless another thread is driving it now;
+  /// returns whether it did.
+  bool try_progress() noexcept;
   /// Spin, then sleep on the endpoint, until `status` leaves LF_IN_PROGRESS
   /// or `deadline` passes; returns whether it left LF_IN_PROGRESS.
   bool wait(const lf_status_t &status, Deadline deadline = Deadline::max()) noexcept;
   /// Sleep up to `timeout_ms` until the endpoint may have work.
   void wait_for_activity(int timeout_ms) noexcept;
+  /// The endpoint's event fd (-1: none); fixed from open to close.
+  int event_fd() const noexcept { return event_fd_; }
   /// Cancel a posted receive that has not matched a message: it completes
   /// with LF_ERR_CANCELLED and returns true. A receive already matched (or
   /// done) is left to complete normally; returns false.
@@ -80,8 +86,10 @@ class Channel final : public Matcher {
   std::deque<RecvOp *> posted_;
   std::deque<std::unique_ptr<Incoming>> unexpected_;
   std::optional<Error> broken_;
+  std::atomic<bool> ended_{false};  ///< broken_ or closed: read without the mutex by health().
   std::mutex mu_;
   int64_t spin_count_ = 0;
+  int event_fd_ = -1;
 };
 
 struct Selection {

@@ -1,6 +1,10 @@
 #include "channel/context.hpp"
 
+#include <sys/epoll.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "channel/channel.hpp"
@@ -20,8 +24,12 @@ Result<std::shared_ptr<Context>> Context::create() {
 
 Result<std::shared_ptr<Context>> Context::create(std::unique_ptr<Bootstrap> bootstrap) {
   std::shared_ptr<Context> ctx(new Context(std::move(bootstrap)));
+  ctx->epoll_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ctx->epoll_) return LF_FAIL(LF_ERR_IO, "epoll_create1: %s", std::strerror(errno));
   for (auto &t : make_transports()) ctx->transports_.push_back(TransportState{std::move(t), false, {}});
   if (auto st = ctx->exchange(); !st) return std::unexpected(st.error());
+  for (TransportState &ts : ctx->transports_)
+    if (int fd = ts.started ? ts.transport->event_fd() : -1; fd >= 0) ctx->watch(fd, nullptr);
   if (config::get_bool("LF_PROGRESS_THREAD"))
     if (auto st = ctx->set_progress_thread(true); !st) return std::unexpected(st.error());
   return ctx;
@@ -93,24 +101,78 @@ Pool &Context::shared_pool() noexcept {
   return *shared_pool_;
 }
 
-void Context::add_channel(Channel *ch) {
+void Context::watch(int fd, Channel *ch) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = ch;
+  std::lock_guard g(channels_mu_);
+  if (fd < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) ++without_fd_;
+}
+
+Status Context::add_channel(Channel *ch) {
+  {
+    std::lock_guard g(channels_mu_);
+    if (closing_) return LF_FAIL(LF_ERR_CLOSED, "the context is being finalized");
+  }
+  watch(ch->event_fd(), ch);
   std::lock_guard g(channels_mu_);
   channels_.push_back(ch);
+  return {};
+}
+
+void Context::begin_close() noexcept {
+  std::lock_guard g(channels_mu_);
+  closing_ = true;
+}
+
+void Context::close_channels() noexcept {
+  std::vector<std::shared_ptr<Channel>> open;
+  try {
+    std::lock_guard g(channels_mu_);
+    for (Channel *ch : channels_)
+      // A channel whose last reference is going closes itself.
+      if (auto sp = ch->weak_from_this().lock()) open.push_back(std::move(sp));
+  } catch (const std::bad_alloc &) {
+    // The ones collected are closed; the rest close with their handles.
+  }
+  for (auto &ch : open) ch->close();  // its handle's next call gets LF_ERR_CLOSED
 }
 
 void Context::remove_channel(Channel *ch) noexcept {
+  int fd = ch->event_fd();
   std::lock_guard g(channels_mu_);
-  std::erase(channels_, ch);
+  if (std::erase(channels_, ch) == 0) return;  // removed before (closed twice)
+  // Still open: the endpoint is destroyed after this.
+  if (fd < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr) != 0) --without_fd_;
 }
 
 void Context::progress_all(Channel *skip) noexcept {
   std::unique_lock g(channels_mu_, std::try_to_lock);
   if (!g.owns_lock()) return;  // another thread is already sweeping
+  for (TransportState &ts : transports_)
+    if (ts.started)
+      if (auto st = ts.transport->progress(); !st)
+        LF_LOG(warn, "transport %s: progress failed: %s", ts.transport->name(), st.error().message.c_str());
   for (Channel *ch : channels_)
     if (ch != skip) ch->try_progress();
 }
 
+void Context::wait_for_activity(int timeout_ms) noexcept {
+  size_t blind;
+  {
+    std::lock_guard g(channels_mu_);
+    blind = without_fd_;
+  }
+  if (blind) {
+    std::this_thread::yield();
+    return;
+  }
+  epoll_event ev[16];
+  (void)::epoll_wait(epoll_.get(), ev, 16, timeout_ms);
+}
+
 Status Context::set_progress_thread(bool on) {
+  std::lock_guard g(progress_mu_);
   if (on == progress_thread_.joinable()) return {};
   if (!on) {
     stop_ = true;
@@ -124,9 +186,10 @@ Status Context::set_progress_thread(bool on) {
     progress_thread_ = std::thread([this] {
       while (!stop_.load(std::memory_order_relaxed)) {
         progress_all();
-        // Yield rather than spin flat out: the application's own threads
+        // Sleep on the event fds when every channel has one; otherwise
+        // yield rather than spin flat out: the application's own threads
         // share these cores.
-        std::this_thread::yield();
+        wait_for_activity(1);
       }
     });
   } catch (const std::system_error &e) {

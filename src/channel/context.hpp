@@ -46,10 +46,20 @@ class Context final : public World, public std::enable_shared_from_this<Context>
   std::vector<TransportState> &transports() noexcept { return transports_; }
 
   /// Channels register so that waits can drive every channel's progress.
-  void add_channel(Channel *ch);
+  /// Fails with LF_ERR_CLOSED once begin_close() ran.
+  Status add_channel(Channel *ch);
+  /// Refuse new channels (lf_finalize, before it closes the open ones).
+  void begin_close() noexcept;
+  /// Close every channel still registered (those whose open raced a finalize).
+  void close_channels() noexcept;
   void remove_channel(Channel *ch) noexcept;
-  /// Progress every open channel except `skip`.
+  /// Progress every started transport and every open channel except `skip`
+  /// (channels another thread is driving are skipped too).
   void progress_all(Channel *skip = nullptr) noexcept;
+  /// Sleep up to `timeout_ms` until some channel or transport may have
+  /// work: on the context's one epoll fd when every member has an event fd,
+  /// else a yield (shm's doorbell is a futex, not an fd).
+  void wait_for_activity(int timeout_ms) noexcept;
 
   /// Start or stop the background progress thread.
   Status set_progress_thread(bool on);
@@ -59,6 +69,8 @@ class Context final : public World, public std::enable_shared_from_this<Context>
  private:
   explicit Context(std::unique_ptr<Bootstrap> b) : bootstrap_(std::move(b)) {}
   Status exchange();
+  /// Add `fd` (-1: none) of `ch` (nullptr: a transport) to the epoll set.
+  void watch(int fd, Channel *ch);
 
   std::unique_ptr<Bootstrap> bootstrap_;
   std::vector<ProcessLocation> locations_;
@@ -69,6 +81,10 @@ class Context final : public World, public std::enable_shared_from_this<Context>
 
   std::mutex channels_mu_;
   std::vector<Channel *> channels_;
+  Fd epoll_;                ///< Every event fd of the channels and transports.
+  size_t without_fd_ = 0;   ///< Members that have no event fd (channels_mu_).
+  bool closing_ = false;    ///< channels_mu_
+  std::mutex progress_mu_;  ///< Serialises starting and stopping the progress thread.
   std::atomic<bool> threaded_{false};
   std::atomic<bool> stop_{false};
   std::thread progress_thread_;

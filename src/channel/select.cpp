@@ -1,6 +1,12 @@
-// Transport selection. Reads only capability flags, the scope decision, the
-// set of transports that started on both ranks, and the user's filter, so
-// both ranks of a channel reach the same answer.
+// Transport selection by cost. Each transport estimates what a message of
+// the channel's typical size and memory kind costs at the peer's scope; the
+// cheapest that the user's filter allows, that started on both ranks and
+// that can serve this peer wins. Reads only estimates, the scope decision,
+// the set of transports that started on both ranks, and the filter, so both
+// ranks of a channel reach the same answer.
+
+#include <algorithm>
+#include <cstdio>
 
 #include "channel/channel.hpp"
 #include "channel/context.hpp"
@@ -24,13 +30,20 @@ Result<TransportFilter> parse_filter(const std::string &text, Context &ctx) {
   return f;
 }
 
-bool serves(const TransportCaps &c, Scope s) {
-  switch (s) {
-    case Scope::self: return c.self;
-    case Scope::local: return c.local;
-    case Scope::remote: return c.remote;
-  }
-  return false;
+std::string format_cost(const Cost &c, size_t bytes) {
+  char buf[96];
+  double t = c.time_us(bytes);
+  if (t < 10)
+    std::snprintf(buf, sizeof buf, "%.2f us", t);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f us", t);
+  return buf;
+}
+
+std::string format_bytes(size_t n) {
+  if (n >= (size_t(1) << 20) && n % (size_t(1) << 20) == 0) return std::to_string(n >> 20) + " MiB";
+  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + " KiB";
+  return std::to_string(n) + " B";
 }
 
 }  // namespace
@@ -41,21 +54,32 @@ Result<Selection> select_transport(Context &ctx, int peer, const ChannelOptions 
   auto filter = parse_filter(opts.transports.value_or(config::get_string("LF_TRANSPORTS")), ctx);
   if (!filter) return std::unexpected(filter.error());
   bool device_kind = !(kHostKinds & kind_bit(opts.memory_kind));
+  const size_t bytes = opts.message_bytes;
 
-  // Candidates that serve the scope, ordered: native support for the
-  // payload's memory kind first, then priority (the registry's order).
-  std::vector<Transport *> order;
-  for (int pass = 0; pass < 2; ++pass)
-    for (auto &ts : ctx.transports()) {
-      TransportCaps c = ts.transport->caps();
-      if (!serves(c, sd.scope)) continue;
-      bool native = c.memory_kinds & kind_bit(opts.memory_kind);
-      if ((pass == 0) == native) order.push_back(ts.transport.get());
-    }
+  // Every transport that can serve the scope, cheapest first for a message
+  // of the size the channel is opened for (ties: registry order).
+  struct Candidate {
+    Transport *t;
+    Cost cost;
+  };
+  std::vector<Candidate> order;
+  const CostQuery q{peer, sd.scope, opts.memory_kind, bytes};
+  for (auto &ts : ctx.transports())
+    if (auto c = ts.transport->estimate(q)) order.push_back({ts.transport.get(), *c});
+  std::stable_sort(order.begin(), order.end(), [bytes](const Candidate &a, const Candidate &b) {
+    return a.cost.time_us(bytes) < b.cost.time_us(bytes);
+  });
 
   std::string skipped;
-  Transport *first_choice = order.empty() ? nullptr : order.front();
-  for (Transport *t : order) {
+  // Strict mode holds the user to the best transport LF_TRANSPORTS allows.
+  const Candidate *first_choice = nullptr;
+  for (const Candidate &c : order)
+    if (filter->permits(c.t->name())) {
+      first_choice = &c;
+      break;
+    }
+  for (const Candidate &c : order) {
+    Transport *t = c.t;
     std::string why;
     const std::string name = t->name();
     if (!filter->permits(name))
@@ -67,16 +91,26 @@ Result<Selection> select_transport(Context &ctx, int peer, const ChannelOptions 
     else if (auto u = t->unusable_for(ctx, peer))
       why = *u;
     if (why.empty()) {
-      if (strict && t != first_choice)
+      if (strict && &c != first_choice)
         return LF_FAIL(LF_ERR_UNAVAILABLE, "strict mode: %s scope to rank %d wants %s, which is unusable (%s)",
-                       scope_name(sd.scope), peer, first_choice->name(), skipped.c_str());
+                       scope_name(sd.scope), peer, first_choice->t->name(), skipped.c_str());
       if (strict && device_kind && !(t->caps().memory_kinds & kind_bit(opts.memory_kind)))
-        return LF_FAIL(LF_ERR_UNAVAILABLE, "strict mode: no transport moves %s memory natively to rank %d",
-                       memory_kind_name(opts.memory_kind), peer);
+        return LF_FAIL(LF_ERR_UNAVAILABLE, "strict mode: no transport moves %s memory natively to rank %d%s%s%s",
+                       memory_kind_name(opts.memory_kind), peer, skipped.empty() ? "" : " (skipped ", skipped.c_str(),
+                       skipped.empty() ? "" : ")");
       std::string detail = sd.reason;
       // "same host, same IPC namespace: local" -> "local scope, same host, same IPC namespace: shm"
       if (auto colon = detail.rfind(": "); colon != std::string::npos) detail.resize(colon);
       Selection s{t, std::string(scope_name(sd.scope)) + " scope, " + detail + ": " + name};
+      // The estimate that won, and the runner-up it beat.
+      s.reason += " (est. " + format_cost(c.cost, bytes) + " per " + format_bytes(bytes);
+      for (const Candidate &o : order)
+        if (&o != &c && filter->permits(o.t->name())) {
+          if (o.cost.time_us(bytes) >= c.cost.time_us(bytes))
+            s.reason += std::string("; ") + o.t->name() + " " + format_cost(o.cost, bytes);
+          break;
+        }
+      s.reason += ")";
       if (!skipped.empty()) s.reason += " (skipped " + skipped + ")";
       return s;
     }

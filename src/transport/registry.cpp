@@ -1,7 +1,5 @@
 // The registry: every transport this build has, from the list CMake
 // generates out of the transport folders' lf_add_transport() calls.
-#include <algorithm>
-
 #include "transport/transport.hpp"
 
 namespace lf {
@@ -15,8 +13,6 @@ std::vector<std::unique_ptr<Transport>> make_transports() {
 #define LF_TRANSPORT(factory) t.push_back(factory());
 #include "transport_factories.inc"
 #undef LF_TRANSPORT
-  std::stable_sort(t.begin(), t.end(),
-                   [](const auto &a, const auto &b) { return a->caps().priority > b->caps().priority; });
   return t;
 }
 

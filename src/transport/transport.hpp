@@ -31,13 +31,29 @@
 //  4. The destructor completes every op still held with LF_ERR_CLOSED and
 //     must not block for long (the peer may be gone).
 //  5. Nothing on the data path throws; allocate on the slow path only.
-//  6. Threads: the channel calls send(), progress() and the destructor with
-//     its mutex held, so they never run concurrently on one endpoint. It
-//     calls wait_for_activity() WITHOUT the mutex, from any number of
-//     threads, while another thread may be in send() or progress(): that
-//     function may only touch what is safe to race (fds, atomics). The
-//     endpoint outlives every such call (the channel holds it in a
-//     shared_ptr), so a close never frees it under a sleeping waiter.
+//  6. Threads: the channel calls send() and progress() with its mutex held,
+//     so they never run concurrently on one endpoint. It calls
+//     wait_for_activity() WITHOUT the mutex, from any number of threads,
+//     while another thread may be in send() or progress(): that function may
+//     only touch what is safe to race (fds, atomics). The endpoint outlives
+//     every such call (the channel holds it in a shared_ptr), so a close
+//     never frees it under a sleeping waiter. The destructor runs once the
+//     channel has let go of the endpoint, without the mutex, on whichever
+//     thread drops the last reference (the closer, or a waiter that was
+//     asleep on it); nothing else runs on the endpoint by then.
+//
+// Cancel, deadlines and health are the channel's: a posted receive is
+// cancelled by taking it out of the channel's posted queue (under its
+// mutex), so a transport never sees a cancelled op; a send is never
+// cancelled once send() was called. Transport-level work (a UCX worker, a
+// DPDK port) goes in Transport::progress(), and every fd that signals work
+// joins the context's one epoll set through event_fd().
+//
+// Designed, built with the transports that need them (adr/0004): a memory
+// registration hook (Transport::register_memory, one handle per pool slab)
+// for ucp_mem_map, DPDK external memory and verbs MRs; and gather send
+// (SendOp::header + payload as one message, copying neither) for request
+// channels.
 #pragma once
 
 #include <cstdint>
@@ -154,18 +170,47 @@ class Endpoint {
   /// Block for at most `timeout_ms` until progress() may have work (a futex
   /// on a doorbell, poll() on a socket). Spurious returns are fine.
   virtual void wait_for_activity(int timeout_ms) noexcept;
+  /// An fd that becomes readable when progress() may have work, or -1. It
+  /// joins the context's one epoll set (level-triggered, EPOLLIN), so that a
+  /// progress thread sleeps on one fd for every channel. It must stay open
+  /// and the same for the endpoint's life.
+  virtual int event_fd() const noexcept { return -1; }
 };
 
-/// What a transport can do. Selection reads only these.
+/// What a transport can do.
 struct TransportCaps {
   bool self = false;          ///< Serves a rank talking to itself.
   bool local = false;         ///< Serves LOCAL scope.
   bool remote = false;        ///< Serves REMOTE scope.
   uint32_t memory_kinds = 0;  ///< Bit (1 << MemoryKind) for each kind it moves natively.
   bool zero_copy = false;     ///< Delivers shared buffers by descriptor.
-  size_t max_message = SIZE_MAX;
-  int priority = 0;  ///< Among transports that fit, the highest wins.
 };
+
+/// What selection asks a transport: the cost of one message of `bytes` of
+/// `kind` memory to `peer`, which sits at `scope`. Only data both ranks have
+/// goes in, so both reach the same answer.
+struct CostQuery {
+  int peer = 0;
+  Scope scope = Scope::remote;
+  MemoryKind kind = MemoryKind::host;
+  size_t bytes = 0;
+};
+
+/// A transport's estimate for a CostQuery: a fixed latency plus bytes over a
+/// bandwidth, as UCX's estimates are. Coarse on purpose: the figures order
+/// the transports (docs/transports.md lists them with their source), they do
+/// not predict a run.
+struct Cost {
+  double latency_us = 0;
+  double bandwidth_gbs = 1;  ///< GB/s (1e9 bytes per second).
+  double time_us(size_t bytes) const noexcept {
+    return latency_us + static_cast<double>(bytes) / (bandwidth_gbs * 1e3);
+  }
+};
+
+/// The cost of moving a kind the transport does not move natively: staged
+/// through host memory on each side.
+Cost staged(Cost c) noexcept;
 
 constexpr uint32_t kind_bit(MemoryKind k) noexcept { return 1u << static_cast<int>(k); }
 constexpr uint32_t kHostKinds = kind_bit(MemoryKind::host) | kind_bit(MemoryKind::host_numa) |
@@ -177,6 +222,10 @@ class Transport {
   virtual ~Transport() = default;
   virtual const char *name() const noexcept = 0;
   virtual TransportCaps caps() const noexcept = 0;
+  /// The estimated cost of a message, or nullopt when this transport cannot
+  /// serve the query (wrong scope). Selection picks the cheapest transport
+  /// that is allowed, started on both ranks and usable for the peer.
+  virtual std::optional<Cost> estimate(const CostQuery &q) const noexcept = 0;
   /// Why the transport cannot run in this process at all (no MPI launcher,
   /// no Vulkan device, no CUDA driver...), or nullopt. Shown by lf-info.
   virtual std::optional<std::string> unavailable_reason() const { return std::nullopt; }
@@ -195,9 +244,19 @@ class Transport {
   /// connect call), so that ranks opening channels in different orders
   /// never deadlock.
   virtual Result<std::unique_ptr<Endpoint>> connect(World &world, int peer, Deadline deadline) = 0;
+  /// Work that belongs to the transport rather than to one endpoint (a UCX
+  /// worker, a DPDK port): called once per sweep of the context's channels,
+  /// from any thread, possibly concurrently with endpoint calls; the
+  /// transport serialises what it needs. An error is logged, not fatal.
+  virtual Status progress() noexcept { return {}; }
+  /// As Endpoint::event_fd, for the transport's own progress. A transport
+  /// whose progress() has work must return one, or a sleeping progress
+  /// thread would not wake for it; -1 means progress() has nothing to do.
+  virtual int event_fd() const noexcept { return -1; }
 };
 
-/// Every transport built into this library, highest priority first.
+/// Every transport built into this library, in registry order (the order
+/// of src/transport/CMakeLists.txt; it breaks ties between equal costs).
 std::vector<std::unique_ptr<Transport>> make_transports();
 
 }  // namespace lf

@@ -146,32 +146,44 @@ TEST_F(CRequests, ChannelStatusSaysClosed) {
 }
 
 TEST_F(CRequests, HandlesOfAnotherTypeAreRefused) {
-  // The first handle of every table used to be the same number, so these
-  // freed, closed or drove the wrong object and returned LF_OK.
-  lf_buffer_t buf;
-  ASSERT_EQ(lf_alloc(nullptr, 64, LF_MEM_HOST, &buf), LF_OK);
-  int got = 0;
-  lf_request_t req;
-  ASSERT_EQ(lf_irecv(ch, &got, sizeof got, 5, &req), LF_OK);
-  EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(ctx)), LF_OK);
-  EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(ch)), LF_OK);
-  EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(req)), LF_OK);
-  EXPECT_NE(lf_channel_close(reinterpret_cast<lf_channel_t>(req)), LF_OK);
-  EXPECT_NE(lf_channel_close(reinterpret_cast<lf_channel_t>(buf)), LF_OK);
+  // Handles used to be (generation << 32 | index + 1) in every table, so the
+  // nth buffer, channel and request were the same number, and a call given
+  // one of them as another type freed, closed or drove the wrong object and
+  // returned LF_OK. Make several of each, then pass each as the other types.
+  constexpr int kN = 8;
+  lf_buffer_t bufs[kN];
+  lf_channel_t chans[kN];
+  lf_request_t reqs[kN];
+  int got[kN];
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_EQ(lf_alloc(nullptr, 64 + i, LF_MEM_HOST, &bufs[i]), LF_OK);
+    ASSERT_EQ(lf_channel_open(ctx, 0, &chans[i]), LF_OK);
+    ASSERT_EQ(lf_irecv(ch, &got[i], sizeof(int), 100 + i, &reqs[i]), LF_OK);
+  }
   int done = 0;
-  EXPECT_NE(lf_test(reinterpret_cast<lf_request_t>(ch), &done), LF_OK);
-  EXPECT_NE(lf_wait(reinterpret_cast<lf_request_t>(buf), nullptr), LF_OK);
-  EXPECT_EQ(lf_rank(reinterpret_cast<lf_context_t>(ch)), -1);
-  EXPECT_NE(lf_finalize(reinterpret_cast<lf_context_t>(buf)), LF_OK);
+  for (int i = 0; i < kN; ++i) {
+    EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(reqs[i])), LF_OK) << i;
+    EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(chans[i])), LF_OK) << i;
+    EXPECT_NE(lf_channel_close(reinterpret_cast<lf_channel_t>(reqs[i])), LF_OK) << i;
+    EXPECT_NE(lf_channel_close(reinterpret_cast<lf_channel_t>(bufs[i])), LF_OK) << i;
+    EXPECT_NE(lf_test(reinterpret_cast<lf_request_t>(chans[i]), &done), LF_OK) << i;
+    EXPECT_NE(lf_wait_timeout(reinterpret_cast<lf_request_t>(bufs[i]), 0, nullptr), LF_OK) << i;
+    EXPECT_EQ(lf_rank(reinterpret_cast<lf_context_t>(chans[i])), -1) << i;
+  }
+  EXPECT_NE(lf_free(reinterpret_cast<lf_buffer_t>(ctx)), LF_OK);
+  EXPECT_NE(lf_finalize(reinterpret_cast<lf_context_t>(bufs[0])), LF_OK);
   // Every object is still intact.
-  EXPECT_EQ(lf_buffer_size(buf), 64u);
-  EXPECT_EQ(lf_channel_status(ch), LF_OK);
-  int v = 3;
-  ASSERT_EQ(lf_send(ch, &v, sizeof v, 5), LF_OK);
-  EXPECT_EQ(lf_wait(req, nullptr), LF_OK);
-  EXPECT_EQ(got, 3);
+  for (int i = 0; i < kN; ++i) {
+    EXPECT_EQ(lf_buffer_size(bufs[i]), 64u + i);
+    EXPECT_EQ(lf_free(bufs[i]), LF_OK);
+    EXPECT_EQ(lf_send(chans[i], &i, sizeof i, 1), LF_OK) << lf_last_error();
+    EXPECT_EQ(lf_channel_close(chans[i]), LF_OK);
+    int v = 1000 + i;
+    ASSERT_EQ(lf_send(ch, &v, sizeof v, 100 + i), LF_OK);
+    EXPECT_EQ(lf_wait(reqs[i], nullptr), LF_OK) << lf_last_error();
+    EXPECT_EQ(got[i], 1000 + i);
+  }
   EXPECT_EQ(lf_rank(ctx), 0);
-  EXPECT_EQ(lf_free(buf), LF_OK);
 }
 
 TEST_F(CRequests, ReturnedStringsOutliveTheirHandles) {
@@ -305,4 +317,117 @@ TEST_F(CRequests, CancelRacingArrivalEndsEachRequestOnce) {
   RecordProperty("cancelled", cancelled);
 }
 
+TEST_F(CRequests, BufferReceivesCompleteOnlyThroughWaitBuffer) {
+  // Any other wait would free the request and the buffer received with it.
+  int v = 9;
+  ASSERT_EQ(lf_send(ch, &v, sizeof v, 12), LF_OK);
+  lf_request_t r;
+  ASSERT_EQ(lf_irecv_buffer(ch, 12, &r), LF_OK);
+  size_t index = 0;
+  EXPECT_EQ(lf_wait(r, nullptr), LF_ERR_INVALID_ARG);
+  EXPECT_EQ(lf_wait_timeout(r, 10, nullptr), LF_ERR_INVALID_ARG);
+  EXPECT_EQ(lf_waitany(&r, 1, &index, nullptr), LF_ERR_INVALID_ARG);
+  EXPECT_EQ(index, SIZE_MAX);
+  EXPECT_EQ(lf_waitall(&r, 1), LF_ERR_INVALID_ARG);
+  ASSERT_NE(r, nullptr) << "left for lf_wait_buffer";
+  lf_buffer_t b = nullptr;
+  ASSERT_EQ(lf_wait_buffer(r, &b, nullptr), LF_OK) << lf_last_error();
+  EXPECT_EQ(*static_cast<int *>(lf_buffer_data(b)), 9);
+  EXPECT_EQ(lf_free(b), LF_OK);
+}
+
+TEST_F(CRequests, FarDeadlinesDoNotOverflow) {
+  int got = 0;
+  lf_request_t r;
+  ASSERT_EQ(lf_irecv(ch, &got, sizeof got, 13, &r), LF_OK);
+  std::latch go(2);
+  std::thread sender([&] {
+    go.arrive_and_wait();
+    int v = 13;
+    EXPECT_EQ(lf_send(ch, &v, sizeof v, 13), LF_OK);
+  });
+  go.arrive_and_wait();
+  EXPECT_EQ(lf_wait_timeout(r, INT64_MAX, nullptr), LF_OK) << "INT64_MAX ms used to wrap into the past";
+  sender.join();
+  EXPECT_EQ(got, 13);
+}
+
 }  // namespace
+
+// Calls racing the end of their context, pool or progress thread: an error,
+// never freed memory (ThreadSanitizer and AddressSanitizer check the rest).
+TEST(CLifetimes, FinalizeRacingCallsOnItsContext) {
+  for (const char *v : {"LF_RANK", "LF_SIZE", "LF_BOOTSTRAP", "LF_TRANSPORTS", "LF_STRICT"}) unsetenv(v);
+  for (int i = 0; i < 100; ++i) {
+    lf_context_t ctx;
+    ASSERT_EQ(lf_init(&ctx), LF_OK) << lf_last_error();
+    std::latch go(3);
+    std::atomic<bool> bad{false};
+    auto user = [&](bool opens) {
+      go.arrive_and_wait();
+      for (;;) {
+        if (opens) {
+          lf_channel_t c;
+          lf_status_t st = lf_channel_open(ctx, 0, &c);
+          if (st != LF_OK) {
+            if (st != LF_ERR_CLOSED) bad = true;
+            return;
+          }
+          int v = 1, w = 0;
+          lf_status_t s1 = lf_send(c, &v, sizeof v, 1);
+          lf_status_t s2 = lf_recv(c, &w, sizeof w, 1, nullptr);
+          if ((s1 != LF_OK && s1 != LF_ERR_CLOSED) || (s2 != LF_OK && s2 != LF_ERR_CLOSED)) bad = true;
+          lf_status_t s3 = lf_channel_close(c);
+          if (s3 != LF_OK && s3 != LF_ERR_CLOSED) bad = true;
+        } else {
+          char buf[128];
+          if (lf_rank(ctx) != 0) return;
+          if (lf_scope_explain(ctx, 0, buf, sizeof buf) != LF_OK) return;
+        }
+      }
+    };
+    std::thread a(user, true), b(user, false);
+    go.arrive_and_wait();
+    EXPECT_EQ(lf_finalize(ctx), LF_OK);
+    a.join();
+    b.join();
+    ASSERT_FALSE(bad.load()) << "iteration " << i;
+    EXPECT_EQ(lf_rank(ctx), -1);
+  }
+}
+
+TEST(CLifetimes, PoolDestroyRacingAcquireAndStats) {
+  for (int i = 0; i < 200; ++i) {
+    lf_pool_t pool;
+    ASSERT_EQ(lf_pool_create(nullptr, nullptr, &pool), LF_OK);
+    std::latch go(2);
+    std::thread t([&] {
+      go.arrive_and_wait();
+      for (;;) {
+        lf_buffer_t b;
+        if (lf_pool_acquire(pool, 256, &b) != LF_OK) return;
+        lf_pool_stats_t st = LF_POOL_STATS_INIT;
+        (void)lf_pool_stats(pool, &st);
+        EXPECT_EQ(lf_free(b), LF_OK);
+      }
+    });
+    go.arrive_and_wait();
+    EXPECT_EQ(lf_pool_destroy(pool), LF_OK);
+    t.join();
+  }
+}
+
+TEST(CLifetimes, ProgressThreadToggledFromTwoThreads) {
+  for (const char *v : {"LF_RANK", "LF_SIZE", "LF_BOOTSTRAP", "LF_TRANSPORTS", "LF_STRICT"}) unsetenv(v);
+  lf_context_t ctx;
+  ASSERT_EQ(lf_init(&ctx), LF_OK) << lf_last_error();
+  std::latch go(2);
+  auto toggle = [&] {
+    go.arrive_and_wait();
+    for (int i = 0; i < 200; ++i) EXPECT_EQ(lf_progress_thread(ctx, i % 2 == 0), LF_OK);
+  };
+  std::thread a(toggle), b(toggle);
+  a.join();
+  b.join();
+  EXPECT_EQ(lf_finalize(ctx), LF_OK);
+}
