@@ -17,6 +17,7 @@ PACKAGES=(
   libhwloc-dev hwloc libnuma-dev numactl         # topology, NUMA memory
   libdpdk-dev dpdk libucx-dev ucx-utils liburing-dev
   iproute2 util-linux procps                     # namespace "hosts" for multi-host tests
+  python3-dev python3-numpy python3-pytest pybind11-dev python3-mpi4py   # Python bindings, their tests and benchmark
 )
 
 missing=()
