@@ -167,14 +167,11 @@ class RendezvousBootstrap final : public Bootstrap {
   /// Accept every waiting connection and send each its challenge.
   void accept_all(int lfd, std::deque<Pending> &pending) {
     for (;;) {
-      int raw = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (raw < 0) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) LF_LOG(warn, "bootstrap: accept: %s", std::strerror(errno));
-        return;
-      }
+      Fd fd = accept_waiting(lfd, "bootstrap");
+      if (!fd) return;
+      const int raw = fd.get();
       Pending p;
-      p.fd = Fd(raw);
+      p.fd = std::move(fd);
       if (!unix_) {
         int one = 1;
         ::setsockopt(raw, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -1,5 +1,7 @@
 #include "core/net.hpp"
 
+#include <sys/socket.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -12,6 +14,8 @@
 
 #include <climits>
 #include <cstring>
+
+#include "core/log.hpp"
 
 namespace lf {
 
@@ -193,6 +197,16 @@ Result<Fd> connect_to(const SockAddr &addr, Deadline deadline) {
   }
   return LF_FAIL(LF_ERR_TIMEOUT, "nobody accepted a connection at %s before the deadline (last error: %s)",
                  addr.to_string().c_str(), strerror(last_errno));
+}
+
+Fd accept_waiting(int listen_fd, const char *who) noexcept {
+  for (;;) {
+    int raw = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (raw >= 0) return Fd(raw);
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) LF_LOG(warn, "%s: accept: %s", who, std::strerror(errno));
+    return Fd();
+  }
 }
 
 Result<Fd> accept_one(int listen_fd, Deadline deadline) {

@@ -68,6 +68,10 @@ Result<SockAddr> bound_address(int fd, const SockAddr &requested);
 Result<Fd> connect_to(const SockAddr &addr, Deadline deadline);
 /// Accept one connection, waiting until `deadline`.
 Result<Fd> accept_one(int listen_fd, Deadline deadline);
+/// Accept one connection already waiting on a non-blocking listener
+/// (close-on-exec, non-blocking); an empty Fd when none waits. A failure
+/// other than "none waiting" is logged with `who` and also gives an empty Fd.
+Fd accept_waiting(int listen_fd, const char *who) noexcept;
 
 /// Send/receive exactly `len` bytes, waiting until `deadline`. EOF before the
 /// end is LF_ERR_PEER_GONE; the deadline passing is LF_ERR_TIMEOUT.

@@ -305,14 +305,11 @@ class ShmTransport final : public Transport {
   /// (SO_PEERCRED), before it sends anything.
   void accept_new() {
     for (;;) {
-      int raw = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (raw < 0) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) LF_LOG(warn, "shm: accept: %s", std::strerror(errno));
-        return;
-      }
+      Fd fd = accept_waiting(listener_.get(), "shm");
+      if (!fd) return;
+      const int raw = fd.get();
       Incoming in;
-      in.sock = Fd(raw);
+      in.sock = std::move(fd);
       auto cred = peer_credentials(raw);
       if (!cred) {
         LF_LOG(warn, "shm: refused an incoming connection: %s", cred.error().message.c_str());
