@@ -508,7 +508,7 @@ LF_API lf_status_t lf_recv(lf_channel_t h, void *data, size_t capacity, uint64_t
   op.tag = tag;
   op.data = data;
   op.capacity = capacity;
-  ch->post_recv(op);
+  ch->post_recv(op, /*drive=*/true);
   ch->wait(op.status);
   if (op.status < 0) set_last_error(op.status, op.error.c_str());
   if (bytes && (op.status == LF_OK || op.status == LF_ERR_TRUNCATED)) *bytes = op.bytes;

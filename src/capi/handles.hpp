@@ -124,9 +124,12 @@ class HandleTable {
   template <typename F>
   bool with_locked(const void *handle, F &&f) noexcept {
     Slot *s = find(handle);
-    if (!s || !lock(*s, gen_of(handle))) return false;
+    uint64_t w;
+    if (!s || !(w = lock(*s, gen_of(handle)))) return false;
     f(s->obj);
-    s->word.fetch_and(~kLocked, std::memory_order_release);
+    // Nobody changes a locked slot's word (claims wait for LOCKED to clear):
+    // a plain store gives it back, one atomic read-modify-write fewer.
+    s->word.store(w, std::memory_order_release);
     return true;
   }
 
@@ -137,10 +140,17 @@ class HandleTable {
     if (!s) return Lookup::stale;
     uint64_t want = gen_of(handle);
     uint64_t w = s->word.load(std::memory_order_relaxed);
-    for (;;) {
+    for (unsigned i = 0;; ++i) {
       if (!(w & kLive) || (w >> 32) != want) return Lookup::stale;
       if (w & kClaimed) return Lookup::busy;
-      if (s->word.compare_exchange_weak(w, w | kClaimed, std::memory_order_acquire, std::memory_order_relaxed)) break;
+      // Never while LOCKED: a locked slot's word is its holder's to restore.
+      if (!(w & kLocked) &&
+          s->word.compare_exchange_weak(w, w | kClaimed, std::memory_order_acquire, std::memory_order_relaxed))
+        break;
+      if (w & kLocked) {
+        SpinLock::pause(i);
+        w = s->word.load(std::memory_order_relaxed);
+      }
     }
     obj = &s->obj;
     return Lookup::ok;
@@ -151,8 +161,14 @@ class HandleTable {
     Slot *s = find(handle);
     if (!s) return;
     uint64_t w = s->word.load(std::memory_order_relaxed);
-    while ((w >> 32) == gen_of(handle) && (w & kClaimed) &&
-           !s->word.compare_exchange_weak(w, w & ~kClaimed, std::memory_order_release, std::memory_order_relaxed)) {
+    for (unsigned i = 0; (w >> 32) == gen_of(handle) && (w & kClaimed); ++i) {
+      if (!(w & kLocked) &&
+          s->word.compare_exchange_weak(w, w & ~kClaimed, std::memory_order_release, std::memory_order_relaxed))
+        return;
+      if (w & kLocked) {
+        SpinLock::pause(i);
+        w = s->word.load(std::memory_order_relaxed);
+      }
     }
   }
 
@@ -164,10 +180,11 @@ class HandleTable {
   template <typename F>
   bool retire(const void *handle, F &&reset) noexcept {
     Slot *s = find(handle);
-    if (!s || !lock(*s, gen_of(handle))) return false;
+    uint64_t w;
+    if (!s || !(w = lock(*s, gen_of(handle)))) return false;
     if constexpr (std::is_same_v<decltype(reset(s->obj)), bool>) {
       if (!reset(s->obj)) {
-        s->word.fetch_and(~kLocked, std::memory_order_release);
+        s->word.store(w, std::memory_order_release);
         return false;
       }
     } else {
@@ -221,14 +238,16 @@ class HandleTable {
     Slot *chunk = chunks_[index / kChunk].load(std::memory_order_acquire);
     return chunk ? &chunk[index % kChunk] : nullptr;
   }
-  // Take LOCKED on a live slot of generation `gen`; false once it is not.
-  static bool lock(Slot &s, uint64_t gen) noexcept {
+  // Take LOCKED on a live slot of generation `gen`; returns the word as it
+  // was (never 0: LIVE is set), to be stored back to unlock; 0 once the
+  // slot is not live in that generation.
+  static uint64_t lock(Slot &s, uint64_t gen) noexcept {
     uint64_t w = s.word.load(std::memory_order_relaxed);
     for (unsigned i = 0;; ++i) {
-      if (!(w & kLive) || (w >> 32) != gen) return false;
+      if (!(w & kLive) || (w >> 32) != gen) return 0;
       if (!(w & kLocked) &&
           s.word.compare_exchange_weak(w, w | kLocked, std::memory_order_acquire, std::memory_order_relaxed))
-        return true;
+        return w;
       SpinLock::pause(i);
       w = s.word.load(std::memory_order_relaxed);
     }

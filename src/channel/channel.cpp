@@ -43,7 +43,7 @@ void Channel::post_send(SendOp &op) noexcept {
   endpoint_->send(op);
 }
 
-void Channel::post_recv(RecvOp &op) noexcept {
+void Channel::post_recv(RecvOp &op, bool drive) noexcept {
   std::lock_guard lock(mu_);
   // A message already waiting goes first: the earliest match in arrival order.
   for (auto it = unexpected_.begin(); it != unexpected_.end(); ++it) {
@@ -66,6 +66,7 @@ void Channel::post_recv(RecvOp &op) noexcept {
   } catch (const std::bad_alloc &) {
     return fail_op(op, make_error(LF_ERR_NO_MEMORY, "no memory to post a receive"));
   }
+  if (drive) progress_locked();
 }
 
 RecvOp *Channel::take_posted(uint64_t tag) noexcept {

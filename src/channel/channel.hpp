@@ -45,7 +45,9 @@ class Channel final : public Matcher, public std::enable_shared_from_this<Channe
   /// Start an operation; `op` must stay valid until its status leaves
   /// LF_IN_PROGRESS. Errors complete the op at once.
   void post_send(SendOp &op) noexcept;
-  void post_recv(RecvOp &op) noexcept;
+  /// `drive`: also drive the endpoint once under the same lock (a blocking
+  /// receive, which waits next anyway: one lock round trip instead of two).
+  void post_recv(RecvOp &op, bool drive = false) noexcept;
   /// Drive the endpoint once.
   void progress() noexcept;
   /// Drive the endpoint once unless another thread is driving it now;
