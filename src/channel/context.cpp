@@ -29,7 +29,10 @@ Result<std::shared_ptr<Context>> Context::create(std::unique_ptr<Bootstrap> boot
   for (auto &t : make_transports()) ctx->transports_.push_back(TransportState{std::move(t), false, {}});
   if (auto st = ctx->exchange(); !st) return std::unexpected(st.error());
   for (TransportState &ts : ctx->transports_)
-    if (int fd = ts.started ? ts.transport->event_fd() : -1; fd >= 0) ctx->watch(fd, nullptr);
+    if (int fd = ts.started ? ts.transport->event_fd() : -1; fd >= 0) {
+      std::lock_guard g(ctx->channels_mu_);
+      ctx->watch_locked(fd, nullptr);
+    }
   if (config::get_bool("LF_PROGRESS_THREAD"))
     if (auto st = ctx->set_progress_thread(true); !st) return std::unexpected(st.error());
   return ctx;
@@ -101,21 +104,19 @@ Pool &Context::shared_pool() noexcept {
   return *shared_pool_;
 }
 
-void Context::watch(int fd, Channel *ch) {
+void Context::watch_locked(int fd, Channel *ch) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = ch;
-  std::lock_guard g(channels_mu_);
   if (fd < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) ++without_fd_;
 }
 
 Status Context::add_channel(Channel *ch) {
-  {
-    std::lock_guard g(channels_mu_);
-    if (closing_) return LF_FAIL(LF_ERR_CLOSED, "the context is being finalized");
-  }
-  watch(ch->event_fd(), ch);
+  // One critical section: a finalize's begin_close() either comes first
+  // (refused here) or finds the channel in channels_ (close_channels).
   std::lock_guard g(channels_mu_);
+  if (closing_) return LF_FAIL(LF_ERR_CLOSED, "the context is being finalized");
+  watch_locked(ch->event_fd(), ch);
   channels_.push_back(ch);
   return {};
 }

@@ -69,8 +69,9 @@ class Context final : public World, public std::enable_shared_from_this<Context>
  private:
   explicit Context(std::unique_ptr<Bootstrap> b) : bootstrap_(std::move(b)) {}
   Status exchange();
-  /// Add `fd` (-1: none) of `ch` (nullptr: a transport) to the epoll set.
-  void watch(int fd, Channel *ch);
+  /// Add `fd` (-1: none) of `ch` (nullptr: a transport) to the epoll set;
+  /// channels_mu_ held.
+  void watch_locked(int fd, Channel *ch);
 
   std::unique_ptr<Bootstrap> bootstrap_;
   std::vector<ProcessLocation> locations_;

@@ -42,8 +42,8 @@ constexpr Tunable kTunables[] = {
     {"LF_CONNECT_TIMEOUT", "30", T::seconds, "Seconds lf_channel_open waits for the peer"},
     {"LF_SPIN_COUNT", "20000", T::integer, "Polls in a blocking wait before the waiter sleeps"},
     {"LF_PROGRESS_THREAD", "0", T::boolean, "Start a background progress thread at lf_init"},
-    // transports: the rows of each transport's folder (tunables.inc there),
-    // in registry order; CMake lists the files (src/transport/CMakeLists.txt).
+// transports: the rows of each transport's folder (tunables.inc there),
+// in registry order; CMake lists the files (src/transport/CMakeLists.txt).
 #include "transport_tunables.inc"
 };
 }  // namespace
