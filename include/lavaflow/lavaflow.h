@@ -334,6 +334,17 @@ int lf_channel_peer(lf_channel_t ch);
 lf_status_t lf_isend(lf_channel_t ch, const void *data, size_t bytes, uint64_t tag, lf_request_t *req);
 
 /**
+ * Gather send: one message of `header_bytes` from `header` followed by
+ * `bytes` from `data`, as lf_isend would send the two concatenated, without
+ * lavaflow copying them together first (tcp writes both with one sendmsg,
+ * shm copies each straight into its ring, mpi sends an hindexed datatype).
+ * The receiver sees one message of header_bytes + bytes. Both pieces must be
+ * host memory and stay unmodified until the request completes.
+ */
+lf_status_t lf_isend_gather(lf_channel_t ch, const void *header, size_t header_bytes, const void *data, size_t bytes,
+                            uint64_t tag, lf_request_t *req);
+
+/**
  * Start receiving the next message with `tag` (or LF_ANY_TAG) into `data`.
  * A message larger than `capacity` completes with LF_ERR_TRUNCATED and the
  * first `capacity` bytes.

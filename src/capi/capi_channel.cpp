@@ -264,6 +264,30 @@ LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint
   return LF_OK;
 }
 
+LF_API lf_status_t lf_isend_gather(lf_channel_t h, const void *header, size_t header_bytes, const void *data,
+                                   size_t bytes, uint64_t tag, lf_request_t *req) {
+  lf_status_t code = LF_OK;
+  if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: req is NULL");
+  if (!header && header_bytes)
+    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: header is NULL for a %zu-byte header", header_bytes);
+  if (header_bytes > kMaxMessage || bytes > kMaxMessage - header_bytes)
+    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: %zu + %zu bytes is not a plausible message size", header_bytes,
+                bytes);
+  std::shared_ptr<Channel> ch = send_target(h, data, bytes, tag, code);
+  if (!ch) return code;
+  RequestSlot *r;
+  lf_request_t handle;
+  if ((code = new_request(std::move(ch), true, r, handle)) != LF_OK) return code;
+  r->send.tag = tag;
+  r->send.header = header;
+  r->send.header_size = header_bytes;
+  r->send.data = data;
+  r->send.size = bytes;
+  r->ch->post_send(r->send);
+  *req = handle;
+  return LF_OK;
+}
+
 LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, lf_request_t *req) {
   lf_status_t code = LF_OK;
   if (!req) return fail(LF_ERR_INVALID_ARG, "lf_irecv: req is NULL");

@@ -40,6 +40,8 @@ void Channel::post_send(SendOp &op) noexcept {
   std::lock_guard lock(mu_);
   if (broken_) return fail_op(op, *broken_);
   if (!endpoint_) return fail_op(op, make_error(LF_ERR_CLOSED, "channel is closed"));
+  if (op.header_size && op.buffer)
+    return fail_op(op, make_error(LF_ERR_INVALID_ARG, "a gather send's payload is plain memory, not a buffer"));
   endpoint_->send(op);
 }
 

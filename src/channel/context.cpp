@@ -108,6 +108,7 @@ void Context::watch_locked(int fd, Channel *ch) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = ch;
+  if (fd == Endpoint::kTransportFd) return;  // its transport's fd covers it
   if (fd < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) ++without_fd_;
 }
 
@@ -143,6 +144,7 @@ void Context::remove_channel(Channel *ch) noexcept {
   int fd = ch->event_fd();
   std::lock_guard g(channels_mu_);
   if (std::erase(channels_, ch) == 0) return;  // removed before (closed twice)
+  if (fd == Endpoint::kTransportFd) return;
   // Still open: the endpoint is destroyed after this.
   if (fd < 0 || ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr) != 0) --without_fd_;
 }
@@ -168,6 +170,8 @@ void Context::wait_for_activity(int timeout_ms) noexcept {
     std::this_thread::yield();
     return;
   }
+  for (TransportState &ts : transports_)
+    if (ts.started && ts.transport->event_fd() >= 0 && !ts.transport->arm()) return;  // work is pending
   epoll_event ev[16];
   (void)::epoll_wait(epoll_.get(), ev, 16, timeout_ms);
 }

@@ -41,6 +41,13 @@ bool is_valid_kind(MemoryKind k) noexcept {
 
 Buffer::~Buffer() = default;
 
+RegisteredRange Buffer::registered_range() const noexcept {
+  void *base = data_;
+  if (!base && kind_ == MemoryKind::cuda_device) base = reinterpret_cast<void *>(device_handle_);
+  if (!base) return {};  // device memory with no address a transport could register
+  return RegisteredRange{base, size_, &registrations_};
+}
+
 void Buffer::describe_as(const Buffer &o) {
   kind_ = o.kind_;
   requested_ = o.requested_;
@@ -117,6 +124,7 @@ Result<std::shared_ptr<SharedSegment>> SharedSegment::map(int fd, size_t size, u
 }
 
 SharedSegment::~SharedSegment() {
+  registrations_.clear();
   if (base_) munmap(base_, size_);
   if (fd_ >= 0) ::close(fd_);
 }

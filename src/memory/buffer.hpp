@@ -20,6 +20,7 @@
 #include <string>
 
 #include "core/status.hpp"
+#include "memory/registration.hpp"
 
 namespace lf {
 
@@ -112,6 +113,11 @@ class Buffer {
   /// buffer_flags bits.
   uint32_t flags() const noexcept { return flags_; }
 
+  /// The unit of memory this buffer lies in (its pool slab, shared segment
+  /// or allocation) and that unit's transport registrations
+  /// (memory/registration.hpp). The default is the buffer itself.
+  virtual RegisteredRange registered_range() const noexcept;
+
  protected:
   Buffer() = default;
   /// Copy what describes `o` (kind, reason, pointers, node, flags...) into this
@@ -128,6 +134,9 @@ class Buffer {
   uint64_t device_handle_ = 0;
   size_t page_size_ = 0;
   uint32_t flags_ = 0;
+  /// Registrations of this buffer's own memory. A subclass that frees memory
+  /// clears them first, in its destructor.
+  mutable Registrations registrations_;
 };
 
 using BufferPtr = std::unique_ptr<Buffer>;
@@ -149,6 +158,9 @@ class SharedSegment {
   bool imported() const noexcept { return imported_; }
   /// Describe [offset, offset + length) of this segment; no system call.
   SharedRef ref(size_t offset, size_t length) const noexcept { return SharedRef{id_, fd_, size_, offset, length}; }
+  /// Transport registrations of the whole segment, shared by every block
+  /// carved from it; dropped before the segment is unmapped.
+  Registrations &registrations() const noexcept { return registrations_; }
 
  private:
   SharedSegment() = default;
@@ -157,6 +169,7 @@ class SharedSegment {
   int fd_ = -1;
   void *base_ = nullptr;
   size_t size_ = 0;
+  mutable Registrations registrations_;
 };
 
 }  // namespace lf

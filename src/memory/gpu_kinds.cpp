@@ -68,6 +68,7 @@ class CudaBuffer final : public OwnedBuffer {
     if (imported) flags_ |= buffer_flags::imported;
   }
   ~CudaBuffer() override {
+    registrations_.clear();
     const cuda::Runtime &rt = cuda::Runtime::get();
     CudaDeviceScope scope(device_);
     if (imported_)
@@ -161,6 +162,7 @@ class VulkanBuffer final : public OwnedBuffer {
     device_ = dev_->index();
   }
   ~VulkanBuffer() override {
+    registrations_.clear();
     VkDevice d = dev_->device();
     if (buffer_ != VK_NULL_HANDLE) vkDestroyBuffer(d, buffer_, nullptr);
     // Freeing unmaps implicitly.

@@ -111,6 +111,7 @@ HostBuffer::HostBuffer(MemoryKind kind, void *base, size_t mapped, Release relea
 }
 
 HostBuffer::~HostBuffer() {
+  registrations_.clear();
   switch (release_) {
     case Release::free: std::free(base_); break;
     // munmap also drops mlock and hugetlb reservations.

@@ -46,6 +46,7 @@ class HostBuffer final : public OwnedBuffer {
   void add_flags(uint32_t f) noexcept { flags_ |= f; }
   void set_numa_node(int n) noexcept { numa_node_ = n; }
   void set_reason(std::string r) { reason_ = std::move(r); }
+  RegisteredRange registered_range() const noexcept override { return {base_, mapped_, &registrations_}; }
 
  private:
   void *base_;
@@ -65,6 +66,9 @@ class ShmBuffer final : public OwnedBuffer {
   const SharedRef *shared_ref() const noexcept override { return &ref_; }
   const ExportHandle *export_handle() const noexcept override { return &export_; }
   const std::shared_ptr<SharedSegment> &segment() const noexcept { return segment_; }
+  RegisteredRange registered_range() const noexcept override {
+    return {segment_->base(), segment_->size(), &segment_->registrations()};
+  }
   void set_reason(std::string r) { reason_ = std::move(r); }
   void add_flags(uint32_t f) noexcept { flags_ |= f; }
 

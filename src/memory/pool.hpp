@@ -116,6 +116,8 @@ class PooledBuffer final : public Buffer {
   ~PooledBuffer() override;
   const SharedRef *shared_ref() const noexcept override { return has_ref_ ? &ref_ : nullptr; }
   const ExportHandle *export_handle() const noexcept override { return block_->export_handle(); }
+  /// The block's unit: registrations stay with the slab across loans.
+  RegisteredRange registered_range() const noexcept override { return block_->registered_range(); }
   /// The underlying block (class-sized; owned by this buffer while on loan).
   const Buffer &block() const noexcept { return *block_; }
   /// Bytes of the block (>= size()).

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "memory/allocator.hpp"
@@ -16,6 +17,18 @@ Cost staged(Cost c) noexcept {
   c.latency_us += 20;
   c.bandwidth_gbs = std::min(c.bandwidth_gbs, 10.0);
   return c;
+}
+
+Transport::Transport() noexcept {
+  static std::atomic<uint64_t> next{1};
+  instance_id_ = next.fetch_add(1, std::memory_order_relaxed);
+}
+
+Result<RegistrationHandle> transport_registration(Transport &t, const Buffer &b, void **unit_base) {
+  const RegisteredRange r = b.registered_range();
+  if (unit_base) *unit_base = r.base;
+  if (!r.regs) return RegistrationHandle{};
+  return r.regs->get(t.instance_id(), [&] { return t.register_memory(r.base, r.length, b.kind()); });
 }
 
 void Endpoint::wait_for_activity(int timeout_ms) noexcept {
@@ -77,6 +90,10 @@ void complete_length(RecvOp &op, size_t n) noexcept {
 
 EagerIncoming::EagerIncoming(uint64_t tag, const void *data, size_t n) : Incoming(tag, n), copy_(new char[n ? n : 1]) {
   if (n) std::memcpy(copy_.get(), data, n);
+}
+
+EagerIncoming::EagerIncoming(const SendOp &op) : Incoming(op.tag, op.total()), copy_(new char[op.total() + 1]) {
+  copy_message(op, 0, copy_.get(), op.total());
 }
 
 EagerIncoming::EagerIncoming(uint64_t tag, BufferPtr whole) : Incoming(tag, whole->size()), whole_(std::move(whole)) {}

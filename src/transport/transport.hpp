@@ -49,14 +49,21 @@
 // DPDK port) goes in Transport::progress(), and every fd that signals work
 // joins the context's one epoll set through event_fd().
 //
-// Designed, built with the transports that need them (adr/0004): a memory
-// registration hook (Transport::register_memory, one handle per pool slab)
-// for ucp_mem_map, DPDK external memory and verbs MRs; and gather send
-// (SendOp::header + payload as one message, copying neither) for request
-// channels.
+// Memory registration (ucp_mem_map, DPDK external memory, a verbs MR) goes
+// through Transport::register_memory and transport_registration(): a unit
+// of memory (pool slab, shared segment, allocation) is registered once per
+// transport and keeps the handle until it frees its memory.
+//
+// Gather send: a SendOp with a header is one message, the header followed by
+// the payload, and the transport copies neither into a staging buffer of its
+// own (writev, two-source copies into a ring, an iovec datatype). The peer
+// sees one message of header_size + size bytes; matching, truncation and
+// order are as for any message.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,6 +82,11 @@ struct SendOp {
   uint64_t tag = 0;
   const void *data = nullptr;
   size_t size = 0;
+  /// Gather send: `header_size` bytes at `header` go first, then the payload
+  /// (data/size or the buffer). Borrowed like data, for the op's life.
+  const void *header = nullptr;
+  size_t header_size = 0;
+  size_t total() const noexcept { return header_size + size; }
   /// For lf_isend_buffer: the buffer handed over (data/size point into it).
   /// A zero-copy transport keeps it until the peer releases it; others
   /// release it when the copy is done.
@@ -82,6 +94,20 @@ struct SendOp {
   lf_status_t status = LF_IN_PROGRESS;  ///< Set by the transport.
   std::string error;                    ///< Detail when status < 0.
 };
+
+/// Copy `len` bytes of `op`'s message (its gather header, then its payload)
+/// starting at message offset `off` to `dst`.
+inline void copy_message(const SendOp &op, size_t off, void *dst, size_t len) noexcept {
+  auto *out = static_cast<char *>(dst);
+  if (off < op.header_size) {
+    const size_t k = std::min(len, op.header_size - off);
+    std::memcpy(out, static_cast<const char *>(op.header) + off, k);
+    out += k, len -= k, off = 0;
+  } else {
+    off -= op.header_size;
+  }
+  if (len) std::memcpy(out, static_cast<const char *>(op.data) + off, len);
+}
 
 /// A receive in flight. Owned by the request that started it.
 struct RecvOp {
@@ -138,6 +164,8 @@ class Incoming {
 class EagerIncoming final : public Incoming {
  public:
   EagerIncoming(uint64_t tag, const void *data, size_t n);
+  /// A copy of `op`'s whole message (gather header and payload).
+  explicit EagerIncoming(const SendOp &op);
   EagerIncoming(uint64_t tag, BufferPtr whole);
   void deliver(RecvOp &op) noexcept override;
 
@@ -173,8 +201,11 @@ class Endpoint {
   /// An fd that becomes readable when progress() may have work, or -1. It
   /// joins the context's one epoll set (level-triggered, EPOLLIN), so that a
   /// progress thread sleeps on one fd for every channel. It must stay open
-  /// and the same for the endpoint's life.
+  /// and the same for the endpoint's life. An endpoint whose work all comes
+  /// through its transport's fd (a UCX endpoint on the transport's worker)
+  /// returns kTransportFd.
   virtual int event_fd() const noexcept { return -1; }
+  static constexpr int kTransportFd = -2;
 };
 
 /// What a transport can do.
@@ -219,7 +250,13 @@ constexpr uint32_t kHostKinds = kind_bit(MemoryKind::host) | kind_bit(MemoryKind
 
 class Transport {
  public:
+  Transport() noexcept;
   virtual ~Transport() = default;
+  Transport(const Transport &) = delete;
+  Transport &operator=(const Transport &) = delete;
+  /// Unique within the process for its life (unlike the address, which a
+  /// later transport may reuse): the owner id of its memory registrations.
+  uint64_t instance_id() const noexcept { return instance_id_; }
   virtual const char *name() const noexcept = 0;
   virtual TransportCaps caps() const noexcept = 0;
   /// The estimated cost of a message, or nullopt when this transport cannot
@@ -253,7 +290,30 @@ class Transport {
   /// whose progress() has work must return one, or a sleeping progress
   /// thread would not wake for it; -1 means progress() has nothing to do.
   virtual int event_fd() const noexcept { return -1; }
+  /// Called before a thread sleeps on event_fd(): re-arm the fd (UCX's
+  /// ucp_worker_arm) and return false when work is already pending, in which
+  /// case the sleep is skipped. Thread-safety as for progress().
+  virtual bool arm() noexcept { return true; }
+  /// Register [base, base + length) of `kind` memory for zero-copy use by
+  /// this transport. The handle's deleter deregisters; an empty handle means
+  /// this transport needs no registration (the default). Called at most once
+  /// per unit of memory (transport_registration caches it), never on the
+  /// data path of a hit.
+  virtual Result<RegistrationHandle> register_memory(void *base, size_t length, MemoryKind kind) noexcept {
+    (void)base, (void)length, (void)kind;
+    return RegistrationHandle{};
+  }
+
+ private:
+  uint64_t instance_id_;
 };
+
+/// A buffer's registration with `t`: the handle of the unit it lies in
+/// (Buffer::registered_range), registered on first use and kept with the
+/// memory. `unit_base` (optional) receives the unit's base address, from
+/// which the transport computes the buffer's offset. Memory with no
+/// registrable range gives an empty handle.
+Result<RegistrationHandle> transport_registration(Transport &t, const Buffer &b, void **unit_base = nullptr);
 
 /// Every transport built into this library, in registry order (the order
 /// of src/transport/CMakeLists.txt; it breaks ties between equal costs).

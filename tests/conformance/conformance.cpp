@@ -502,6 +502,57 @@ void large_messages(Peer &p) {
   }
 }
 
+// Gather sends (lf_isend_gather): header + payload arrive as one message,
+// for header/payload splits on each side of every protocol boundary (inline
+// slot, eager fifo, pipelined stream, mpi's eager limit and its 8 MiB chunk,
+// which the 3-byte header makes a chunk span both pieces), then a truncated
+// one.
+void gather_sends(Peer &p) {
+  const std::pair<size_t, size_t> parts[] = {{0, 0},    {1, 0},        {0, 1},         {8, 32},
+                                             {16, 40},  {64, 1000},    {7, 20000},     {4096, 1},
+                                             {1, 4096}, {4096, 70000}, {13, 1u << 20}, {3, size_t{9} << 20}};
+  const size_t big = (size_t{9} << 20) + 3;
+  std::vector<char> buf(big);
+  if (p.sender()) {
+    if (!p.single()) P_REQUIRE(p, ctl_recv(p) == 'g', "go");
+    std::vector<char> msg(big);
+    for (size_t i = 0; i < std::size(parts); ++i) {
+      const auto [h, n] = parts[i];
+      STEP("gather send %zu: %zu + %zu bytes", i, h, n);
+      fill(msg.data(), h + n, i);
+      lf_request_t req;
+      P_OK(p, lf_isend_gather(p.ch, h ? msg.data() : nullptr, h, n ? msg.data() + h : nullptr, n, 50, &req));
+      P_ST(p, LF_OK, wait_b(p, req));
+      if (p.single()) {  // to oneself: buffered at send time, received here
+        size_t got = recv_b(p, buf.data(), buf.size(), 50);
+        P_REQUIRE(p, got == h + n && mismatch(buf.data(), got, i) == SIZE_MAX, "gather %zu: %zu bytes", i, got);
+      }
+    }
+    fill(msg.data(), 110, 99);
+    lf_request_t req;
+    P_OK(p, lf_isend_gather(p.ch, msg.data(), 10, msg.data() + 10, 100, 51, &req));
+    P_ST(p, LF_OK, wait_b(p, req));
+  }
+  if (p.receiver()) {
+    if (!p.single()) {
+      ctl_send(p, 'g');
+      for (size_t i = 0; i < std::size(parts); ++i) {
+        const auto [h, n] = parts[i];
+        STEP("gather receive %zu: %zu + %zu bytes", i, h, n);
+        size_t got = recv_b(p, buf.data(), buf.size(), 50);
+        P_REQUIRE(p, got == h + n, "gather %zu: %zu bytes, want %zu + %zu", i, got, h, n);
+        size_t bad = mismatch(buf.data(), got, i);
+        P_REQUIRE(p, bad == SIZE_MAX, "gather %zu (%zu + %zu bytes) differs at byte %zu", i, h, n, bad);
+      }
+    }
+    size_t got = recv_b(p, buf.data(), 50, 51, LF_ERR_TRUNCATED);
+    P_REQUIRE(p, got == 50 && mismatch(buf.data(), 50, 99) == SIZE_MAX, "truncated gather: %zu bytes", got);
+    if (!p.single()) ctl_send(p, 'd');
+  } else {
+    P_REQUIRE(p, ctl_recv(p) == 'd', "done");
+  }
+}
+
 // Bound of the receiver's memory growth while messages it does not receive
 // pile up: the transport's cap on copied-out unexpected messages (set to
 // 8 MiB for shm and tcp by the test's environment; mpi keeps messages above
@@ -1049,6 +1100,12 @@ void malformed_input_at_the_c_api(Peer &p) {
   invalid(lf_isend(p.ch, buf, SIZE_MAX / 2, 1, &req), "isend of SIZE_MAX/2 bytes");
   invalid(lf_isend(p.ch, buf, 1, LF_ANY_TAG, &req), "isend with LF_ANY_TAG");
   invalid(lf_isend(p.ch, buf, 1, 1, nullptr), "isend without req");
+  invalid(lf_isend_gather(nullptr, buf, 1, buf, 1, 1, &req), "gather send on NULL");
+  invalid(lf_isend_gather(p.ch, nullptr, 4, buf, 1, 1, &req), "gather send of a NULL header");
+  invalid(lf_isend_gather(p.ch, buf, 4, nullptr, 1, 1, &req), "gather send of a NULL payload");
+  invalid(lf_isend_gather(p.ch, buf, SIZE_MAX / 2, buf, SIZE_MAX / 2, 1, &req), "gather send of SIZE_MAX bytes");
+  invalid(lf_isend_gather(p.ch, buf, 1, buf, 1, LF_ANY_TAG, &req), "gather send with LF_ANY_TAG");
+  invalid(lf_isend_gather(p.ch, buf, 1, buf, 1, 1, nullptr), "gather send without req");
   invalid(lf_irecv(p.ch, nullptr, 10, 1, &req), "irecv into NULL");
   invalid(lf_irecv(p.ch, buf, SIZE_MAX, 1, &req), "irecv of SIZE_MAX capacity");
   invalid(lf_irecv(p.ch, buf, 1, 1, nullptr), "irecv without req");
@@ -1183,6 +1240,7 @@ const std::vector<Check> &checks() {
       {"ZeroByteMessages", zero_byte_messages, true, applies, {}},
       {"TruncationKeepsThePrefix", truncation_keeps_the_prefix, true, applies, {}},
       {"LargeMessages64MiB", large_messages, true, applies, {}},
+      {"GatherSendIsOneMessage", gather_sends, true, applies, {}},
       {"UnexpectedMessagesStayBounded",
        unexpected_messages_stay_bounded,
        false,

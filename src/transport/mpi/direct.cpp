@@ -32,7 +32,9 @@ class MpiDirectIncoming final : public Incoming {
 
 void DirectStream::send(SendOp &op, const char *src) noexcept {
   MPI_Request req;
-  int rc = MPI_Isend(src, static_cast<int>(op.size), MPI_BYTE, link_.peer(), static_cast<int>(op.tag + 1), comm_, &req);
+  int rc = op.header_size ? isend_message(op, 0, op.total(), link_.peer(), static_cast<int>(op.tag + 1), comm_, &req)
+                          : MPI_Isend(src, static_cast<int>(op.size), MPI_BYTE, link_.peer(),
+                                      static_cast<int>(op.tag + 1), comm_, &req);
   if (rc != MPI_SUCCESS) {
     Error err = mpi_error(rc, "MPI_Isend (direct)");
     fail_op(op, err);

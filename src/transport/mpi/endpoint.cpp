@@ -57,9 +57,12 @@ class MpiEndpoint final : public Endpoint {
     } else {
       device = link_.is_device(src);
     }
+    if (device && op.header_size)
+      return fail_op(op, make_error(LF_ERR_UNSUPPORTED, "mpi: a gather send's payload must be host memory"));
     auto lock = t_.mpi_lock();
-    bool large = op.size > send_eager_ || device;
-    bool direct_ok = direct_.open() && !device && op.size <= t_.chunk() && op.tag <= t_.direct_tag_max();
+    const uint64_t n = op.total();
+    bool large = n > send_eager_ || device;
+    bool direct_ok = direct_.open() && !device && n <= t_.chunk() && op.tag <= t_.direct_tag_max();
     if (send_direct_) {
       if (direct_ok && (large || small_run_ + 1 < kSmallRun)) {
         small_run_ = large ? 0 : small_run_ + 1;

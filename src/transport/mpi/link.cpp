@@ -47,6 +47,46 @@ Result<std::pair<int, MPI_Request>> Link::post_envelope(const Envelope &e, const
   return std::pair{*slot, req};
 }
 
+Result<std::pair<int, MPI_Request>> Link::post_envelope(const Envelope &e, const SendOp &op, MPI_Comm comm,
+                                                        int tag) noexcept {
+  if (!op.header_size) return post_envelope(e, static_cast<const char *>(op.data), op.size, comm, tag);
+  auto slot = sends_.take_slot();
+  if (!slot) return std::unexpected(slot.error());
+  char *buf = sends_.slot(*slot);
+  std::memcpy(buf, &e, kEnvSize);
+  copy_message(op, 0, buf + kEnvSize, op.total());
+  MPI_Request req;
+  int rc = MPI_Isend(buf, static_cast<int>(kEnvSize + op.total()), MPI_BYTE, peer_, tag, comm, &req);
+  if (rc != MPI_SUCCESS) {
+    sends_.free_slot(*slot);
+    Error err = mpi_error(rc, "MPI_Isend");
+    (void)fail(err);
+    return std::unexpected(err);
+  }
+  return std::pair{*slot, req};
+}
+
+int isend_message(const SendOp &op, uint64_t off, uint64_t len, int peer, int tag, MPI_Comm comm,
+                  MPI_Request *req) noexcept {
+  const uint64_t h = op.header_size;
+  const auto *head = static_cast<const char *>(op.header);
+  const auto *body = static_cast<const char *>(op.data);
+  if (off >= h) return MPI_Isend(body + (off - h), static_cast<int>(len), MPI_BYTE, peer, tag, comm, req);
+  if (off + len <= h) return MPI_Isend(head + off, static_cast<int>(len), MPI_BYTE, peer, tag, comm, req);
+  // Both pieces: absolute addresses from MPI_BOTTOM. The type may be freed
+  // at once: MPI keeps it until the send is done.
+  MPI_Aint addr[2];
+  MPI_Get_address(head + off, &addr[0]);
+  MPI_Get_address(body, &addr[1]);
+  const int lens[2] = {static_cast<int>(h - off), static_cast<int>(len - (h - off))};
+  MPI_Datatype type;
+  int rc = MPI_Type_create_hindexed(2, lens, addr, MPI_BYTE, &type);
+  if (rc != MPI_SUCCESS) return rc;
+  if ((rc = MPI_Type_commit(&type)) == MPI_SUCCESS) rc = MPI_Isend(MPI_BOTTOM, 1, type, peer, tag, comm, req);
+  MPI_Type_free(&type);
+  return rc;
+}
+
 Status Link::send_marker(uint32_t kind, MPI_Comm comm, int tag) noexcept {
   Envelope e;
   e.kind = kind;

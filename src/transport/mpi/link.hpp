@@ -18,6 +18,12 @@ namespace lf::mpi {
 
 class MpiTransport;
 
+/// MPI_Isend of bytes [off, off + len) of `op`'s message (gather header,
+/// then payload), from the caller's memory: a range that spans both pieces
+/// goes as one hindexed datatype, so neither is copied.
+int isend_message(const SendOp &op, uint64_t off, uint64_t len, int peer, int tag, MPI_Comm comm,
+                  MPI_Request *req) noexcept;
+
 class Link {
  public:
   /// `send_eager`: the largest eager payload this rank sends (send slots).
@@ -42,6 +48,10 @@ class Link {
   /// again and the connection broken: the peer's stream order can no longer
   /// be trusted.
   Result<std::pair<int, MPI_Request>> post_envelope(const Envelope &e, const char *payload, size_t n, MPI_Comm comm,
+                                                    int tag) noexcept;
+  /// The same, with `op`'s whole message (gather header, then payload) as
+  /// the payload.
+  Result<std::pair<int, MPI_Request>> post_envelope(const Envelope &e, const SendOp &op, MPI_Comm comm,
                                                     int tag) noexcept;
   /// SendQueue::keep(), breaking the connection when it fails.
   void keep_send(SendOp *op, MPI_Request req, int slot) noexcept {

@@ -80,8 +80,9 @@ void RingStream::send_eager(SendOp &op, const char *src) noexcept {
   Envelope e;
   e.kind = kEager;
   e.tag = op.tag;
-  e.size = op.size;
-  auto sent = link_.post_envelope(e, src, op.size, comm_, base_);
+  e.size = op.total();
+  auto sent =
+      op.header_size ? link_.post_envelope(e, op, comm_, base_) : link_.post_envelope(e, src, op.size, comm_, base_);
   if (!sent) return fail_op(op, sent.error());
   link_.keep_send(&op, sent->second, sent->first);
 }
@@ -97,13 +98,13 @@ void RingStream::send_large(SendOp &op, const char *src, bool device) noexcept {
   e.kind = kLarge;
   e.seq = seq;
   e.tag = op.tag;
-  e.size = op.size;
+  e.size = op.total();
   e.chunk = t.chunk();
   auto sent = link_.post_envelope(e, nullptr, 0, comm_, base_);
   if (!sent) return fail_op(op, sent.error());
   auto [slot, env_req] = *sent;
   x->sop = &op;
-  x->size = op.size;
+  x->size = op.total();
   x->mpi_tag = base_ | static_cast<int>(seq);
   x->env_slot = slot;
   // One MPI_Testall covers envelope and payload; within the capacity
@@ -113,7 +114,7 @@ void RingStream::send_large(SendOp &op, const char *src, bool device) noexcept {
   if (device && !t.device().mpi_aware)
     st = transfers.start_pipeline(*x, /*send=*/true, true, const_cast<char *>(src), op.size, 0, op.size, e.chunk);
   else
-    st = transfers.post_chunks(*x, const_cast<char *>(src), op.size, e.chunk, /*send=*/true);
+    st = transfers.post_chunks(*x, const_cast<char *>(src), op.total(), e.chunk, /*send=*/true);
   if (st) st = transfers.track(x);
   if (st) return;
   // The envelope is out: the stream cannot be repaired.

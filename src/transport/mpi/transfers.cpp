@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/bootstrap_mpi.hpp"
+#include "transport/mpi/link.hpp"
 #include "transport/mpi/send_queue.hpp"
 #include "transport/mpi/wire.hpp"
 
@@ -51,8 +52,13 @@ Status Transfers::post_chunks(Transfer &x, char *mem, uint64_t n, uint64_t chunk
   for (uint64_t off = 0; off < n; off += chunk) {
     int len = static_cast<int>(std::min(chunk, n - off));
     MPI_Request req;
-    int rc = send ? MPI_Isend(mem + off, len, MPI_BYTE, peer_, x.mpi_tag, comm_, &req)
-                  : MPI_Irecv(mem + off, len, MPI_BYTE, peer_, x.mpi_tag, comm_, &req);
+    int rc;
+    if (!send)
+      rc = MPI_Irecv(mem + off, len, MPI_BYTE, peer_, x.mpi_tag, comm_, &req);
+    else if (x.sop && x.sop->header_size)  // a gather send: `mem` is its payload only
+      rc = isend_message(*x.sop, off, static_cast<uint64_t>(len), peer_, x.mpi_tag, comm_, &req);
+    else
+      rc = MPI_Isend(mem + off, len, MPI_BYTE, peer_, x.mpi_tag, comm_, &req);
     if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, send ? "MPI_Isend" : "MPI_Irecv"));
     x.direct.push_back(req);
   }

@@ -15,10 +15,10 @@ class SelfEndpoint final : public Endpoint {
  public:
   void send(SendOp &op) noexcept override {
     try {
-      if (op.buffer)
+      if (op.buffer && !op.header_size)
         queue_.push_back(std::make_unique<EagerIncoming>(op.tag, std::move(op.buffer)));
       else
-        queue_.push_back(std::make_unique<EagerIncoming>(op.tag, op.data, op.size));
+        queue_.push_back(std::make_unique<EagerIncoming>(op));
       complete_status(op.status, LF_OK);
     } catch (const std::bad_alloc &) {
       fail_op(op, make_error(LF_ERR_NO_MEMORY, "self transport: no memory to queue a %zu-byte message", op.size));

@@ -179,28 +179,32 @@ bool Sender::stage_device_buffer(SendOp &op) noexcept {
 /// Try to send `op` now. True when the op needs no more queue time (it
 /// completed, failed, or waits only for an ack/release).
 bool Sender::start(SendOp &op) noexcept {
-  const uint64_t n = op.size;
-  if (lane_ && op.buffer && n > 0)
+  const uint64_t n = op.total();
+  // A gather send (header + payload) is copied piece by piece; the
+  // descriptor and single-address paths carry one piece only.
+  const bool whole = op.header_size == 0;
+  if (whole && lane_ && op.buffer && n > 0)
     if (const ExportHandle *h = lane_->export_for(op)) return lane_->send(op, *h, *this);
-  if (n && !op.data) {
+  if (op.size && !op.data) {
     fail_op(op, make_error(LF_ERR_UNSUPPORTED, "shm moves host memory only; this buffer has no host address"));
     return true;
   }
-  if (op.buffer && n > 0) {
+  if (whole && op.buffer && n > 0) {
     const SharedRef *ref = op.buffer->shared_ref();
     if (ref && ref->fd >= 0 && n <= ref->length) return send_zero_copy(op, *ref);
   }
   if (n <= kInlineMax) return send_inline(op);
   if (n <= eager_limit_) return send_eager(op);
-  if (cma_threshold_ && n >= cma_threshold_) return send_cma(op);
+  if (whole && cma_threshold_ && n >= cma_threshold_) return send_cma(op);
   return send_stream(op);
 }
 
 bool Sender::send_inline(SendOp &op) noexcept {
   if (!slot_credit()) return false;
   Slot &s = next_slot();
-  write_body_header(s, Kind::inline_data, op.tag, op.size);
-  if (op.size) std::memcpy(s.body.bytes, op.data, op.size);
+  const uint64_t n = op.total();
+  write_body_header(s, Kind::inline_data, op.tag, n);
+  if (n) copy_message(op, 0, s.body.bytes, n);
   publish(s);
   complete_send(op);
   return true;
@@ -208,12 +212,13 @@ bool Sender::send_inline(SendOp &op) noexcept {
 
 bool Sender::send_eager(SendOp &op) noexcept {
   if (!slot_credit()) return false;
-  const FifoPlace p = fifo_place(tx_fifo_head_, r_.fifo, op.size);
+  const uint64_t n = op.total();
+  const FifoPlace p = fifo_place(tx_fifo_head_, r_.fifo, n);
   if (!fifo_credit(p.advance)) return false;
-  std::memcpy(r_.tx_fifo + p.offset, op.data, op.size);
+  copy_message(op, 0, r_.tx_fifo + p.offset, n);
   Slot &s = next_slot();
-  write_body_header(s, Kind::eager, op.tag, op.size);
-  s.body.words[kLen] = op.size;
+  write_body_header(s, Kind::eager, op.tag, n);
+  s.body.words[kLen] = n;
   tx_fifo_head_ += p.advance;
   publish(s);
   complete_send(op);
@@ -223,16 +228,16 @@ bool Sender::send_eager(SendOp &op) noexcept {
 /// Stream `op` through the fifo; `resume`: the ring position under which the
 /// receiver parked it (UINT64_MAX: a new message).
 bool Sender::send_stream(SendOp &op, uint64_t resume) noexcept {
-  const auto *src = static_cast<const char *>(op.data);
-  while (tx_stream_off_ < op.size) {
-    const uint64_t len = std::min(chunk_, op.size - tx_stream_off_);
+  const uint64_t n = op.total();
+  while (tx_stream_off_ < n) {
+    const uint64_t len = std::min(chunk_, n - tx_stream_off_);
     if (!slot_credit()) return false;
     const FifoPlace p = fifo_place(tx_fifo_head_, r_.fifo, len);
     if (!fifo_credit(p.advance)) return false;
-    std::memcpy(r_.tx_fifo + p.offset, src + tx_stream_off_, len);
+    copy_message(op, tx_stream_off_, r_.tx_fifo + p.offset, len);
     Slot &s = next_slot();
     const bool first = tx_stream_off_ == 0;
-    write_body_header(s, first ? Kind::pipe_first : Kind::pipe_next, op.tag, op.size);
+    write_body_header(s, first ? Kind::pipe_first : Kind::pipe_next, op.tag, n);
     s.body.words[kLen] = len;
     if (first) {
       tx_stream_pos_ = tx_head_;

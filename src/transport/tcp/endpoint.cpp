@@ -149,7 +149,7 @@ class SendQueue {
     FrameHeader h;
     h.seq = seq_++;
     h.tag = op.tag;
-    h.length = op.size;
+    h.length = op.total();
     encode_frame_header(h, out_.back().header);
     return true;
   }
@@ -168,13 +168,21 @@ class SendQueue {
       int n_iov = 0;
       if (preface_done_ < kHandshakeSize)
         iov[n_iov++] = {preface_.data() + preface_done_, kHandshakeSize - preface_done_};
-      for (size_t i = 0; i < out_.size() && n_iov + 2 <= kMaxIov; ++i) {
+      for (size_t i = 0; i < out_.size() && n_iov + 3 <= kMaxIov; ++i) {
+        // A frame is its header, then the op's gather header, then its payload.
         OutFrame &f = out_[i];
-        uint64_t done = f.done;
-        if (done < kFrameHeaderSize) iov[n_iov++] = {f.header + done, kFrameHeaderSize - done};
-        uint64_t pdone = done > kFrameHeaderSize ? done - kFrameHeaderSize : 0;
-        if (f.op->size > pdone)
-          iov[n_iov++] = {const_cast<char *>(static_cast<const char *>(f.op->data)) + pdone, f.op->size - pdone};
+        const iovec parts[3] = {{f.header, kFrameHeaderSize},
+                                {const_cast<void *>(f.op->header), f.op->header_size},
+                                {const_cast<void *>(f.op->data), f.op->size}};
+        uint64_t skip = f.done;
+        for (const iovec &p : parts) {
+          if (skip >= p.iov_len) {
+            skip -= p.iov_len;
+            continue;
+          }
+          iov[n_iov++] = {static_cast<char *>(p.iov_base) + skip, p.iov_len - skip};
+          skip = 0;
+        }
       }
       msghdr msg{};
       msg.msg_iov = iov;
@@ -193,7 +201,7 @@ class SendQueue {
       }
       while (left > 0) {
         OutFrame &f = out_.front();
-        uint64_t need = kFrameHeaderSize + f.op->size - f.done;
+        uint64_t need = kFrameHeaderSize + f.op->total() - f.done;
         if (left < need) {
           f.done += left;
           break;
@@ -285,9 +293,9 @@ class TcpEndpoint final : public Endpoint {
       return fail_op(op,
                      make_error(LF_ERR_UNSUPPORTED, "tcp moves host memory only; this %s buffer has no host pointer",
                                 op.buffer ? memory_kind_name(op.buffer->kind()) : "device"));
-    if (op.size > s_.max_message)
+    if (op.total() > s_.max_message)
       return fail_op(op, make_error(LF_ERR_INVALID_ARG, "a %zu-byte message exceeds LF_TCP_MAX_MESSAGE (%llu bytes)",
-                                    op.size, static_cast<unsigned long long>(s_.max_message)));
+                                    op.total(), static_cast<unsigned long long>(s_.max_message)));
     bool first = out_.empty();
     if (!out_.push(op)) return fail_op(op, make_error(LF_ERR_NO_MEMORY, "tcp: no memory to queue a send"));
     // Start writing now when nothing is ahead of it: a small message then
