@@ -62,6 +62,7 @@ typedef int32_t lf_status_t;
 #define LF_ERR_INTERNAL (-11)   /**< A bug in lavaflow; please report it. */
 #define LF_ERR_NOT_FOUND (-12)  /**< A named item (transport, tunable, file) does not exist. */
 #define LF_ERR_CANCELLED (-13)  /**< The request was cancelled (lf_cancel) before it completed. */
+#define LF_ERR_BUSY (-14)       /**< A bounded queue or memory cap is full; try again later. */
 
 /** Static name of a status code, e.g. "LF_ERR_PEER_GONE". Never NULL. */
 const char *lf_status_string(lf_status_t status);
@@ -317,6 +318,36 @@ lf_status_t lf_channel_close(lf_channel_t ch);
  */
 const char *lf_channel_transport(lf_channel_t ch);
 
+/**
+ * Channels by address, outside the bootstrap world: a long-lived process
+ * listens, and processes not launched with it (clients of a service)
+ * connect. Addresses: "tcp://HOST:PORT" (port 0: any free port),
+ * "unix:/path", "unix:@name" (abstract). Every connection is authenticated
+ * before it becomes a channel: a mutual challenge over the secret in
+ * LF_EXEC_TOKEN or LF_EXEC_TOKEN_FILE (never sent; required to listen on
+ * tcp), and on a unix socket the peer must be the same user or root. Over a
+ * unix socket between processes that can share memory the channel is shm
+ * (buffers cross by descriptor); otherwise it is lavaflow's tcp framing on
+ * the socket. The reason says which and why; lf_channel_peer gives -1.
+ * It is closed with lf_channel_close and by lf_finalize like any channel.
+ */
+typedef struct lf_listener *lf_listener_t;
+/** Listen on `address` for `ctx`. */
+lf_status_t lf_listen(lf_context_t ctx, const char *address, lf_listener_t *out);
+/** The address clients connect to (port filled in), into buf[len]. */
+lf_status_t lf_listener_address(lf_listener_t l, char *buf, size_t len);
+/**
+ * The next client, authenticated, as a channel; LF_ERR_TIMEOUT when none
+ * within `timeout_ms` (-1: no limit). A client that fails the handshake
+ * gives LF_ERR_PROTOCOL (not lavaflow) or LF_ERR_INVALID_ARG (wrong token,
+ * another user) and the listener stays usable. Thread-safe.
+ */
+lf_status_t lf_accept(lf_listener_t l, int64_t timeout_ms, lf_channel_t *out);
+/** Stop listening; channels already accepted stay open. */
+lf_status_t lf_listener_close(lf_listener_t l);
+/** Connect to the listener at `address` within `timeout_ms` (-1: LF_CONNECT_TIMEOUT). */
+lf_status_t lf_connect(lf_context_t ctx, const char *address, int64_t timeout_ms, lf_channel_t *out);
+
 /** One line explaining the choice, e.g. "local scope, same IPC namespace: shm". */
 const char *lf_channel_reason(lf_channel_t ch);
 
@@ -408,6 +439,12 @@ lf_status_t lf_irecv_buffer(lf_channel_t ch, uint64_t tag, lf_request_t *req);
 lf_status_t lf_wait_buffer(lf_request_t req, lf_buffer_t *out, lf_completion_t *info);
 
 /**
+ * lf_wait_buffer for at most `timeout_ms` (-1: no limit). LF_ERR_TIMEOUT when
+ * it passes first: the request stays valid (wait again, or lf_cancel it).
+ */
+lf_status_t lf_wait_buffer_timeout(lf_request_t req, int64_t timeout_ms, lf_buffer_t *out, lf_completion_t *info);
+
+/**
  * Ask to cancel a request. Returns LF_OK for a live request (and an error for
  * a bad handle); the request's wait then tells the outcome: LF_ERR_CANCELLED
  * if it was cancelled, its normal result if it completed first. A posted
@@ -459,5 +496,7 @@ lf_status_t lf_progress_thread(lf_context_t ctx, int enable);
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
+
+#include "lavaflow/lavaflow_rpc.h"  /* request channels (lf_rpc_*) */
 
 #endif /* LAVAFLOW_LAVAFLOW_H */

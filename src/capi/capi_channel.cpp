@@ -181,20 +181,8 @@ LF_API lf_status_t lf_channel_open_ex(lf_context_t ctx_h, int peer, const lf_cha
                     p.message_bytes);
       if (p.message_bytes) opts.message_bytes = p.message_bytes;
     }
-    // The handle first: running out of handles must not leave a peer
-    // connected to a channel nobody can use.
-    auto [id, slot] = channels().acquire();
-    if (!slot) return fail(LF_ERR_NO_MEMORY, "no free channel handle");
-    auto ch = Channel::open(*ctx, peer, opts);
-    if (!ch) {
-      channels().abandon(id);
-      return fail(ch.error());
-    }
-    slot->ch = std::move(*ch);
-    slot->owner = ctx_h;
-    channels().publish(id);
-    *out = ChannelTable::to_handle<lf_channel_t>(id);
-    return LF_OK;
+    return new_channel_handle(
+        ctx_h, [&] { return Channel::open(*ctx, peer, opts); }, out);
   });
 }
 
@@ -479,21 +467,26 @@ LF_API lf_status_t lf_waitall(lf_request_t *reqs, size_t n) {
   });
 }
 
-LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completion_t *info) {
+namespace {
+lf_status_t wait_buffer(lf_request_t h, Deadline deadline, lf_buffer_t *out, lf_completion_t *info,
+                        const char *fn) noexcept {
   return guard([&]() -> lf_status_t {
     lf_status_t code = LF_OK;
     // Every argument is checked before the wait: afterwards the received
     // buffer would have nowhere to go.
-    if (!out) return fail(LF_ERR_INVALID_ARG, "lf_wait_buffer: out is NULL");
+    if (!out) return fail(LF_ERR_INVALID_ARG, "%s: out is NULL", fn);
     if (!valid_completion(info))
       return fail(LF_ERR_INVALID_ARG, "lf_completion_t.size=%zu: initialise with LF_COMPLETION_INIT", info->size);
-    RequestSlot *r = claim_request(h, "lf_wait_buffer", code);
+    RequestSlot *r = claim_request(h, fn, code);
     if (!r) return code;
     if (r->is_send || !r->recv.want_buffer) {
       requests().unclaim(h);
-      return fail(LF_ERR_INVALID_ARG, "lf_wait_buffer: request was not started by lf_irecv_buffer");
+      return fail(LF_ERR_INVALID_ARG, "%s: request was not started by lf_irecv_buffer", fn);
     }
-    r->ch->wait(r->recv.status);
+    if (!r->ch->wait(r->recv.status, deadline)) {
+      requests().unclaim(h);  // still valid: wait again or cancel
+      return fail(LF_ERR_TIMEOUT, "%s: the receive did not complete in time", fn);
+    }
     BufferPtr got;
     lf_status_t st = op_status(r);
     if (st == LF_OK) got = std::move(r->recv.buffer);
@@ -505,6 +498,15 @@ LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completio
     *out = b;
     return LF_OK;
   });
+}
+}  // namespace
+
+LF_API lf_status_t lf_wait_buffer(lf_request_t h, lf_buffer_t *out, lf_completion_t *info) {
+  return wait_buffer(h, Deadline::max(), out, info, "lf_wait_buffer");
+}
+
+LF_API lf_status_t lf_wait_buffer_timeout(lf_request_t h, int64_t timeout_ms, lf_buffer_t *out, lf_completion_t *info) {
+  return wait_buffer(h, deadline_after_ms(timeout_ms), out, info, "lf_wait_buffer_timeout");
 }
 
 // The blocking calls' operation never escapes the call, so it lives on the

@@ -48,4 +48,23 @@ RequestTable &requests() noexcept;
 /// The reference keeps the context alive through a racing lf_finalize.
 std::shared_ptr<Context> context_of(lf_context_t h) noexcept;
 
+/// Make a channel with `make()` (a Result<shared_ptr<Channel>>) under a new
+/// handle owned by `owner`. The handle is taken first: running out of
+/// handles must not leave a peer connected to a channel nobody can use.
+template <class F>
+lf_status_t new_channel_handle(lf_context_t owner, F &&make, lf_channel_t *out) {
+  auto [id, slot] = channels().acquire();
+  if (!slot) return fail(LF_ERR_NO_MEMORY, "no free channel handle");
+  auto ch = make();
+  if (!ch) {
+    channels().abandon(id);
+    return fail(ch.error());
+  }
+  slot->ch = std::move(*ch);
+  slot->owner = owner;
+  channels().publish(id);
+  *out = ChannelTable::to_handle<lf_channel_t>(id);
+  return LF_OK;
+}
+
 }  // namespace lf::capi

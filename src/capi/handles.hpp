@@ -52,7 +52,18 @@ class SpinLock {
 };
 
 /// Handle types: one per table, stored in bits 24..31 of a handle.
-enum class HandleType : uint8_t { context = 1, channel = 2, request = 3, buffer = 4, pool = 5, kernel = 6 };
+enum class HandleType : uint8_t {
+  context = 1,
+  channel = 2,
+  request = 3,
+  buffer = 4,
+  pool = 5,
+  kernel = 6,
+  listener = 7,
+  rpc_server = 8,
+  rpc_client = 9,
+  rpc_request = 10,
+};
 
 /// Why a lookup failed.
 enum class Lookup { ok, stale, busy };

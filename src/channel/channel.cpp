@@ -21,10 +21,15 @@ Result<std::shared_ptr<Channel>> Channel::open(Context &ctx, int peer, const Cha
                 e.message;
     return std::unexpected(e);
   }
+  return adopt(ctx, peer, std::move(*ep), sel->transport->name(), std::move(sel->reason));
+}
+
+Result<std::shared_ptr<Channel>> Channel::adopt(Context &ctx, int peer, std::unique_ptr<Endpoint> ep,
+                                                const char *transport, std::string reason) {
   std::shared_ptr<Channel> ch(new Channel(ctx, peer));
-  ch->transport_name_ = sel->transport->name();
-  ch->reason_ = std::move(sel->reason);
-  ch->endpoint_ = std::shared_ptr<Endpoint>(std::move(*ep));
+  ch->transport_name_ = transport;
+  ch->reason_ = std::move(reason);
+  ch->endpoint_ = std::shared_ptr<Endpoint>(std::move(ep));
   ch->spin_count_ = config::get_int("LF_SPIN_COUNT");
   ch->event_fd_ = ch->endpoint_->event_fd();
   if (auto st = ctx.add_channel(ch.get()); !st) {

@@ -35,6 +35,10 @@ class Channel final : public Matcher, public std::enable_shared_from_this<Channe
  public:
   /// Select a transport for `peer` and connect (both ranks call it).
   static Result<std::shared_ptr<Channel>> open(Context &ctx, int peer, const ChannelOptions &opts);
+  /// A channel over an endpoint made elsewhere (a connection by address:
+  /// `peer` -1), registered with `ctx`. `transport` is a static name.
+  static Result<std::shared_ptr<Channel>> adopt(Context &ctx, int peer, std::unique_ptr<Endpoint> ep,
+                                                const char *transport, std::string reason);
   ~Channel() override;
 
   int peer() const noexcept { return peer_; }

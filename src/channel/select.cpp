@@ -101,13 +101,17 @@ Result<Selection> select_transport(Context &ctx, int peer, const ChannelOptions 
       std::string detail = sd.reason;
       // "same host, same IPC namespace: local" -> "local scope, same host, same IPC namespace: shm"
       if (auto colon = detail.rfind(": "); colon != std::string::npos) detail.resize(colon);
-      Selection s{t, std::string(scope_name(sd.scope)) + " scope, " + detail + ": " + name};
+      auto described = [&](Transport *x) {
+        std::string d = x->describe(ctx, peer);
+        return d.empty() ? std::string(x->name()) : std::string(x->name()) + " [" + d + "]";
+      };
+      Selection s{t, std::string(scope_name(sd.scope)) + " scope, " + detail + ": " + described(t)};
       // The estimate that won, and the runner-up it beat.
       s.reason += " (est. " + format_cost(c.cost, bytes) + " per " + format_bytes(bytes);
       for (const Candidate &o : order)
         if (&o != &c && filter->permits(o.t->name())) {
           if (o.cost.time_us(bytes) >= c.cost.time_us(bytes))
-            s.reason += std::string("; ") + o.t->name() + " " + format_cost(o.cost, bytes);
+            s.reason += "; " + described(o.t) + " " + format_cost(o.cost, bytes);
           break;
         }
       s.reason += ")";

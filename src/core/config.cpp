@@ -42,6 +42,15 @@ constexpr Tunable kTunables[] = {
     {"LF_CONNECT_TIMEOUT", "30", T::seconds, "Seconds lf_channel_open waits for the peer"},
     {"LF_SPIN_COUNT", "20000", T::integer, "Polls in a blocking wait before the waiter sleeps"},
     {"LF_PROGRESS_THREAD", "0", T::boolean, "Start a background progress thread at lf_init"},
+    // channels by address (lf_listen / lf_connect)
+    {"LF_EXEC_TOKEN", "", T::string,
+     "Secret a listener and its clients share (lf_listen/lf_connect; hashed, never sent); required on tcp"},
+    {"LF_EXEC_TOKEN_FILE", "", T::string, "File holding that secret (mode 0600), when LF_EXEC_TOKEN is empty"},
+    // request channels (lavaflow_rpc.h)
+    {"LF_RPC_QUEUE_MAX", "1024", T::integer,
+     "Calls an rpc server holds queued or running; past it a call is answered LF_ERR_BUSY"},
+    {"LF_RPC_DEADLINE_GRACE_MS", "100", T::integer,
+     "Milliseconds an rpc client waits past a call's deadline for the server's answer before it ends the call itself"},
 // transports: the rows of each transport's folder (tunables.inc there),
 // in registry order; CMake lists the files (src/transport/CMakeLists.txt).
 #include "transport_tunables.inc"

@@ -44,23 +44,24 @@ std::span<const uint8_t> as_bytes(const std::string &s) noexcept {
 
 }  // namespace
 
-Result<JobKey> JobKey::from_environment() {
-  std::string env = config::get_string("LF_JOB_KEY");
-  if (!env.empty()) return of(digest(as_bytes(env)), "LF_JOB_KEY");
-  std::string path = config::get_string("LF_JOB_KEY_FILE");
+Result<JobKey> JobKey::from_environment() { return from_environment("LF_JOB_KEY", "LF_JOB_KEY_FILE"); }
+
+Result<JobKey> JobKey::from_environment(const char *var, const char *file_var) {
+  std::string env = config::get_string(var);
+  if (!env.empty()) return of(digest(as_bytes(env)), var);
+  std::string path = config::get_string(file_var);
   if (path.empty()) return JobKey{};
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return LF_FAIL(LF_ERR_IO, "LF_JOB_KEY_FILE=%s: %s", path.c_str(), std::strerror(errno));
+  if (fd < 0) return LF_FAIL(LF_ERR_IO, "%s=%s: %s", file_var, path.c_str(), std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    return LF_FAIL(LF_ERR_INVALID_ARG, "LF_JOB_KEY_FILE=%s is not a regular file", path.c_str());
+    return LF_FAIL(LF_ERR_INVALID_ARG, "%s=%s is not a regular file", file_var, path.c_str());
   }
   if ((st.st_mode & 077) != 0 || st.st_uid != ::geteuid()) {
     ::close(fd);
-    return LF_FAIL(LF_ERR_INVALID_ARG,
-                   "LF_JOB_KEY_FILE=%s can be read by other users or is not ours (mode %03o): chmod 600 it",
-                   path.c_str(), static_cast<unsigned>(st.st_mode & 0777));
+    return LF_FAIL(LF_ERR_INVALID_ARG, "%s=%s can be read by other users or is not ours (mode %03o): chmod 600 it",
+                   file_var, path.c_str(), static_cast<unsigned>(st.st_mode & 0777));
   }
   std::string content;
   char chunk[4096];
@@ -73,7 +74,7 @@ Result<JobKey> JobKey::from_environment() {
   }
   ::close(fd);
   while (!content.empty() && (content.back() == '\n' || content.back() == '\r')) content.pop_back();
-  if (content.empty()) return LF_FAIL(LF_ERR_INVALID_ARG, "LF_JOB_KEY_FILE=%s is empty", path.c_str());
+  if (content.empty()) return LF_FAIL(LF_ERR_INVALID_ARG, "%s=%s is empty", file_var, path.c_str());
   return of(digest(as_bytes(content)), "key file " + path);
 }
 

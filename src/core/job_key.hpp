@@ -38,6 +38,8 @@ class JobKey {
   /// LF_JOB_KEY, else LF_JOB_KEY_FILE, else an unset key. A key file that
   /// cannot be read, is empty, or can be read by other users is an error.
   static Result<JobKey> from_environment();
+  /// The same rules for another pair of tunables (LF_EXEC_TOKEN, LF_EXEC_TOKEN_FILE).
+  static Result<JobKey> from_environment(const char *var, const char *file_var);
   /// 32 random bytes from the kernel (rank 0 under mpirun).
   static Result<JobKey> random(std::string source);
   /// A key of the given bytes (the ranks that received rank 0's key).

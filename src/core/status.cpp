@@ -77,6 +77,7 @@ const char *status_string(lf_status_t s) noexcept {
     case LF_ERR_INTERNAL: return "LF_ERR_INTERNAL";
     case LF_ERR_NOT_FOUND: return "LF_ERR_NOT_FOUND";
     case LF_ERR_CANCELLED: return "LF_ERR_CANCELLED";
+    case LF_ERR_BUSY: return "LF_ERR_BUSY";
     default: return "LF_ERR_UNKNOWN";
   }
 }

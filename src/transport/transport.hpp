@@ -276,6 +276,13 @@ class Transport {
     (void)world, (void)peer;
     return std::nullopt;
   }
+  /// A short note on how this transport would reach `peer` (UCX: the lanes
+  /// it shares with it), shown after its name in a channel's reason; "" for
+  /// none. Same answer on both ranks (published addresses only).
+  virtual std::string describe(World &world, int peer) const {
+    (void)world, (void)peer;
+    return {};
+  }
   /// Connect to `peer`; both ranks call it. While waiting, serve other
   /// peers' incoming connection attempts (and keep them for their own
   /// connect call), so that ranks opening channels in different orders

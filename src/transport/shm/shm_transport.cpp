@@ -41,6 +41,7 @@
 #include "transport/gpu/gpu_ipc.hpp"
 #include "transport/shm/shm_endpoint.hpp"
 #include "transport/shm/shm_protocol.hpp"
+#include "transport/shm/shm_rings.hpp"
 #include "transport/transport.hpp"
 #include "transport/world.hpp"
 
@@ -214,18 +215,9 @@ class ShmTransport final : public Transport {
       return LF_FAIL(LF_ERR_PROTOCOL, "shm: malformed handshake reply from rank %d", peer);
     if (r.status != LF_OK)
       return LF_FAIL(r.status, "shm: rank %d refused the connection (%s)", peer, status_string(r.status));
-    int seals = fcntl(fd->get(), F_GET_SEALS);
-    if (seals < 0 || !(seals & F_SEAL_SHRINK))
-      return LF_FAIL(LF_ERR_PROTOCOL, "shm: rank %d sent a ring segment that is not sealed against shrinking", peer);
-    if (r.segment_bytes < sizeof(SegmentHeader) || r.segment_bytes > (uint64_t{1} << 40))
-      return LF_FAIL(LF_ERR_PROTOCOL, "shm: rank %d announced a ring segment of %" PRIu64 " bytes", peer,
-                     r.segment_bytes);
-    auto seg = SharedSegment::map(fd->release(), r.segment_bytes, 0);
+    const std::string who = "rank " + std::to_string(peer);
+    auto seg = map_rings(std::move(*fd), r.segment_bytes, who.c_str());
     if (!seg) return std::unexpected(seg.error());
-    SegmentHeader hdr;
-    std::memcpy(&hdr, (*seg)->base(), sizeof hdr);
-    if (const char *err = check_header(hdr, (*seg)->size()))
-      return LF_FAIL(LF_ERR_PROTOCOL, "shm: ring segment from rank %d: %s", peer, err);
     Final f{kSegmentMagic, cma_probe(cred->pid, r.probe_addr, r.probe_value) ? 1u : 0u, 0};
     if (auto st = send_all(sock->get(), &f, sizeof f, deadline); !st) return std::unexpected(st.error());
     Connection c;
@@ -392,15 +384,8 @@ class ShmTransport final : public Transport {
     if (h.magic != kSegmentMagic || h.version != kVersion || h.to_rank != rank_ || h.from_rank < 0 ||
         h.from_rank >= rank_ || h.from_rank >= world.size())
       return LF_FAIL(LF_ERR_PROTOCOL, "shm: malformed handshake (from rank %d to %d)", h.from_rank, h.to_rank);
-    Layout l;
-    if (!compute_layout(t.ring_slots, kMinCtl * 16, t.fifo_bytes, l))
-      return LF_FAIL(LF_ERR_INVALID_ARG, "shm: LF_SHM_RING_SLOTS/LF_SHM_FIFO_BYTES out of bounds");
-    auto seg = SharedSegment::create(l.total_bytes, "lf-shm-ring");
+    auto seg = create_rings(t);
     if (!seg) return std::unexpected(seg.error());
-    SegmentHeader hdr{
-        kSegmentMagic, kVersion, t.ring_slots, kMinCtl * 16, 0, t.fifo_bytes, {l.dir_offset[0], l.dir_offset[1]},
-        l.total_bytes};
-    std::memcpy((*seg)->base(), &hdr, sizeof hdr);  // the rest of a new memfd reads as zero
     in.probe = std::make_unique<uint64_t>(random64() | 1);
     Reply r{kSegmentMagic,
             kVersion,

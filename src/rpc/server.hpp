@@ -1,0 +1,103 @@
+// The server side of request channels (lavaflow_rpc.h).
+//
+// Leader/followers: of the server's threads (one more than may run
+// handlers) one leads, receiving from every served channel. Cancels flip the
+// named call's token at once, so a cancel reaches a running handler however
+// busy the others are; calls that cannot run (unknown method, past
+// LF_RPC_QUEUE_MAX) are answered on the spot. When a request arrives and
+// another thread is idle, the leader hands leadership over and runs the
+// handler itself: no thread hand-off on the call's path. When none is idle
+// the call is queued for the next thread that finishes, and the leader keeps
+// receiving. A call's token is its cancel flag, its deadline (checked
+// against the clock when asked), its channel's health and the server's stop.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "rpc/common.hpp"
+
+namespace lf::rpc {
+
+class Server;
+
+/// One channel the server serves.
+struct Served {
+  explicit Served(lf_channel_t c) noexcept : ch(c), inbox(c) {}
+  lf_channel_t ch;
+  Inbox inbox;  ///< the poller's only
+  std::atomic<bool> broken{false};
+  std::mutex mu;
+  std::unordered_map<uint64_t, struct Call *> calls;  ///< queued or running, by request id
+};
+
+/// One request inside the server: what lf_rpc_call_t points at.
+struct Call {
+  Server *server = nullptr;
+  std::shared_ptr<Served> from;
+  lf_rpc_handler_fn fn = nullptr;
+  void *user = nullptr;
+  uint64_t id = 0;
+  std::string method;
+  lf_buffer_t buf = nullptr;  ///< the received request; msg points into it
+  Message msg;
+  Clock::time_point deadline = Clock::time_point::max();
+  std::atomic<bool> cancelled{false};
+  bool responded = false;  ///< the handler's thread only
+  bool cancelled_now() const noexcept;
+};
+
+class Server {
+ public:
+  explicit Server(int threads);
+  ~Server();  ///< stop(), if not done
+  /// The call behind `c` when it is the one this thread's handler is
+  /// running, else nullptr (a call handle is valid only inside its handler).
+  static Call *current(lf_rpc_call_t c) noexcept;
+  lf_status_t add_handler(const char *method, lf_rpc_handler_fn fn, void *user) noexcept;
+  lf_status_t serve(lf_channel_t ch) noexcept;
+  void stop() noexcept;
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+
+  /// Answer `c` (a response, or an error with its text as header).
+  lf_status_t respond(Call &c, lf_status_t status, const void *header, size_t header_len, const void *payload,
+                      size_t payload_len) noexcept;
+
+ private:
+  void thread_loop() noexcept;
+  /// Receive as the leader until a call should run on this thread (nullptr: stopping).
+  Call *lead() noexcept;
+  /// Admit a received message: a call to run, or nullptr when it was a
+  /// cancel or was answered (unknown method, queue full) or dropped.
+  Call *take(const std::shared_ptr<Served> &s, lf_buffer_t buf, const Message &msg) noexcept;
+  void run(Call &c) noexcept;
+  void finish(Call *c) noexcept;
+  /// Answer a request that never became a Call (unknown method, queue full).
+  void refuse(Served &s, uint64_t id, lf_status_t status, const std::string &why) noexcept;
+  void drop(Served &s, lf_status_t why) noexcept;
+
+  std::shared_mutex handlers_mu_;
+  std::unordered_map<std::string, std::pair<lf_rpc_handler_fn, void *>> handlers_;
+  std::mutex mu_;                    ///< guards what follows
+  std::condition_variable work_cv_;  ///< followers wait here for leadership or queued calls
+  std::deque<Call *> queue_;         ///< calls that came while no thread was idle
+  bool has_leader_ = false;
+  int idle_ = 0;     ///< threads waiting on work_cv_
+  size_t held_ = 0;  ///< calls queued or running (LF_RPC_QUEUE_MAX)
+  size_t max_held_;
+  std::vector<std::shared_ptr<Served>> served_;
+  std::atomic<uint64_t> served_gen_{0};  ///< bumped when served_ changes: the leader re-reads it
+  bool stopped_ = false;                 ///< workers drain the queue and exit
+  std::atomic<bool> stopping_{false};
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace lf::rpc
