@@ -49,14 +49,16 @@ struct Instance {
   /// The name in test names: '-' would start a negative --gtest_filter
   /// pattern, so "vulkan-ipc" is "vulkan_ipc" there.
   std::string test_name() const {
-    std::string t = name;
+    std::string t = variant.empty() ? name : name + "_" + variant;
     std::replace(t.begin(), t.end(), '-', '_');
     return t;
   }
   int ranks = 2;
   bool mpi = false;  ///< run by mpiexec instead of forked
   lf_memory_kind_t kind = LF_MEM_HOST;
-  std::string unavailable;  ///< why there is no instance here ("" when there is)
+  std::string unavailable;                               ///< why there is no instance here ("" when there is)
+  std::string variant;                                   ///< one of several instances of a transport (ucx: its UCX_TLS)
+  std::vector<std::pair<std::string, std::string>> env;  ///< set for the ranks
 };
 
 constexpr int64_t kWaitMs = 30000;  ///< bound on any single wait in a check
@@ -1284,6 +1286,7 @@ class ConformanceTest : public MultiProcess {
     if (std::string why = known_bug(inst_, check_->name); !why.empty()) GTEST_SKIP() << why;
     if (inst_.mpi) return run_under_mpiexec();
     env = {{"LF_TRANSPORTS", inst_.name}, {"LF_STRICT", "1"}, {"LF_LOG_LEVEL", "error"}};
+    for (auto &kv : inst_.env) env.push_back(kv);
     for (auto &kv : check_->env) env.push_back(kv);
     const Instance inst = inst_;
     const Check *check = check_;
@@ -1411,6 +1414,12 @@ std::vector<Instance> instances(const std::string &filter) {
 #endif
   all.push_back(vk);
   all.push_back(cu);
+  // ucx: the same checks on each family of UCX lanes found here.
+  for (const char *tls : {"tcp", "sm,self", "posix,cma,self"}) {
+    Instance u{"ucx", 2, false, LF_MEM_HOST, LAVAFLOW_HAVE_UCX ? "" : "built without UCX", tls, {{"UCX_TLS", tls}}};
+    std::replace(u.variant.begin(), u.variant.end(), ',', '_');
+    all.push_back(u);
+  }
   std::erase_if(all, [&](const Instance &i) { return !wanted(filter, i); });
   return all;
 }

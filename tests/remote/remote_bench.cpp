@@ -12,6 +12,11 @@
 //                                      between this process and a child it forks
 //                                      (pinned to cores 0 and 1 unless
 //                                      LF_BENCH_NO_PIN is set).
+//   lf-bench-remote ucx                lavaflow over the ucx transport vs
+//                                      lavaflow over tcp, one context each in
+//                                      the same two pinned processes (UCX_TLS
+//                                      picks UCX's lanes; scripts/bench-ucx.sh
+//                                      adds ucx_perftest).
 // Options: --rounds N (default 7), --quick (fewer iterations), --size N (that
 // size only), --large (tcp: one 1 GiB message against 1 MiB messages, raw and
 // lavaflow, instead of the usual tables), --raw-blocking
@@ -370,6 +375,54 @@ int bench_tcp() {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
+/// The ucx transport against lavaflow's own tcp, two channels of one
+/// context between this process and a forked child (pinned like tcp mode);
+/// UCX_TLS picks UCX's lanes. scripts/bench-ucx.sh runs ucx_perftest with the
+/// same UCX_TLS alongside.
+int bench_ucx() {
+  const std::string base = "unix:/tmp/lf-bench-remote-" + std::to_string(getpid());
+  pid_t child = fork();
+  int rank = child == 0 ? 1 : 0;
+  if (std::getenv("LF_BENCH_NO_PIN") == nullptr) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(rank % std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)), &set);
+    (void)sched_setaffinity(0, sizeof set, &set);
+  }
+  setenv("LF_RANK", std::to_string(rank).c_str(), 1);
+  setenv("LF_SIZE", "2", 1);
+  // One context per transport: a wait sweeps every channel of its context,
+  // and a tcp channel's recv() in the ucx channel's sweeps (or the reverse)
+  // would be measured too.
+  auto open_over = [rank, &base](const char *name, lf_context_t *ctx) {
+    setenv("LF_BOOTSTRAP", (base + "-" + name + ".sock").c_str(), 1);
+    setenv("LF_TRANSPORTS", name, 1);
+    CHECK(lf_init(ctx));
+    lf_channel_params_t p = LF_CHANNEL_PARAMS_INIT;
+    p.strict = 1;
+    lf_channel_t ch = nullptr;
+    CHECK(lf_channel_open_ex(*ctx, 1 - rank, &p, &ch));
+    if (rank == 0) std::printf("# channel: %s (%s)\n", lf_channel_transport(ch), lf_channel_reason(ch));
+    return ch;
+  };
+  lf_context_t ctx_tcp = nullptr, ctx_ucx = nullptr;
+  lf_channel_t tcp = open_over("tcp", &ctx_tcp), ucx = open_over("ucx", &ctx_ucx);
+  if (rank == 0) {
+    const char *tls = std::getenv("UCX_TLS");
+    std::printf("# UCX_TLS=%s; 'raw' columns: lavaflow tcp, 'lavaflow' columns: lavaflow ucx\n", tls ? tls : "(all)");
+  }
+  compare("ucx transport vs tcp transport", lavaflow_side(tcp), lavaflow_side(ucx), rank, {8, 64, 4096, 65536, 1 << 20},
+          {65536, 1 << 20, 4 << 20}, [ctx_tcp] { CHECK(lf_barrier(ctx_tcp)); });
+  CHECK(lf_channel_close(tcp));
+  CHECK(lf_channel_close(ucx));
+  CHECK(lf_finalize(ctx_ucx));
+  CHECK(lf_finalize(ctx_tcp));
+  if (rank == 1) _exit(0);
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -382,9 +435,10 @@ int main(int argc, char **argv) {
     if (!std::strcmp(argv[i], "--size") && i + 1 < argc) g_only = std::strtoull(argv[++i], nullptr, 0);
   }
   if (mode == "tcp") return bench_tcp();
+  if (mode == "ucx") return bench_ucx();
 #if LAVAFLOW_HAVE_MPI
   if (mode == "mpi") return bench_mpi();
 #endif
-  std::fprintf(stderr, "usage: lf-bench-remote tcp|mpi [--rounds N] [--quick]\n");
+  std::fprintf(stderr, "usage: lf-bench-remote tcp|ucx|mpi [--rounds N] [--quick]\n");
   return 2;
 }
