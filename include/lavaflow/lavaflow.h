@@ -498,5 +498,6 @@ lf_status_t lf_progress_thread(lf_context_t ctx, int enable);
 #endif
 
 #include "lavaflow/lavaflow_rpc.h"  /* request channels (lf_rpc_*) */
+#include "lavaflow/lavaflow_coll.h" /* collectives (lf_bcast, lf_allreduce, ...) */
 
 #endif /* LAVAFLOW_LAVAFLOW_H */

@@ -117,6 +117,7 @@ LF_API lf_status_t lf_finalize(lf_context_t h) {
     });
     for (void *c : mine) lf_channel_close(static_cast<lf_channel_t>(c));
     keep->close_channels();
+    coll_forget(h);
     (void)keep->set_progress_thread(false);
     keep.reset();  // the context goes once the last request referencing it is freed
     return LF_OK;

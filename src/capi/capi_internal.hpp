@@ -67,4 +67,8 @@ lf_status_t new_channel_handle(lf_context_t owner, F &&make, lf_channel_t *out) 
   return LF_OK;
 }
 
+/// Drop the collectives' engine of a context being finalized (capi_coll.cpp):
+/// its channels would otherwise keep the context alive.
+void coll_forget(lf_context_t h) noexcept;
+
 }  // namespace lf::capi
