@@ -15,7 +15,7 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev                     # MPI bootstrap and transport
   libvulkan-dev mesa-vulkan-drivers vulkan-tools glslang-tools   # Vulkan (lavapipe on CPU)
   libhwloc-dev hwloc libnuma-dev numactl         # topology, NUMA memory
-  libdpdk-dev dpdk libucx-dev ucx-utils liburing-dev
+  libdpdk-dev dpdk libucx-dev ucx-utils liburing-dev fio   # fio: scripts/bench-ingest.sh's yardstick
   iproute2 util-linux procps                     # namespace "hosts" for multi-host tests
   python3-dev python3-numpy python3-pytest pybind11-dev python3-mpi4py   # Python bindings, their tests and benchmark
 )

@@ -499,5 +499,6 @@ lf_status_t lf_progress_thread(lf_context_t ctx, int enable);
 
 #include "lavaflow/lavaflow_rpc.h"  /* request channels (lf_rpc_*) */
 #include "lavaflow/lavaflow_coll.h" /* collectives (lf_bcast, lf_allreduce, ...) */
+#include "lavaflow/lavaflow_ingest.h" /* file ingest (lf_ingest_open, lf_ingest_next, lf_ingest_send, ...) */
 
 #endif /* LAVAFLOW_LAVAFLOW_H */
