@@ -188,7 +188,10 @@ lf_status_t send_all(ingest::Ingest &in, lf_channel_t chh, uint64_t tag) {
     // channel until a release frees one. A release does not wake a sleeper,
     // so short waits yield the CPU instead of sleeping; only a peer that
     // keeps its chunks for a while makes us sleep on the channel.
-    drive_until([&] { return in.has_room(); });
+    // A place freed here may be taken at once by the pread thread for its
+    // next read, so "room" alone could stay false while a chunk becomes
+    // ready: stop driving as soon as a read is under way too.
+    drive_until([&] { return in.has_room() || in.in_flight() > 0; });
   }
   reap(true);
   // The end marker, also after a failure, so that the peer never waits for
