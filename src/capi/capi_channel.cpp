@@ -236,31 +236,12 @@ LF_API int lf_channel_peer(lf_channel_t h) {
   return ch ? ch->peer() : -1;
 }
 
-LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_request_t *req) {
+namespace {
+// lf_isend and lf_isend_gather: a request for one (header +) payload message.
+inline lf_status_t start_send(lf_channel_t h, const void *header, size_t header_bytes, const void *data, size_t bytes,
+                              uint64_t tag, lf_request_t *req, const char *fn) noexcept {
   lf_status_t code = LF_OK;
-  if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend: req is NULL");
-  std::shared_ptr<Channel> ch = send_target(h, data, bytes, tag, code);
-  if (!ch) return code;
-  RequestSlot *r;
-  lf_request_t handle;
-  if ((code = new_request(std::move(ch), true, r, handle)) != LF_OK) return code;
-  r->send.tag = tag;
-  r->send.data = data;
-  r->send.size = bytes;
-  r->ch->post_send(r->send);
-  *req = handle;
-  return LF_OK;
-}
-
-LF_API lf_status_t lf_isend_gather(lf_channel_t h, const void *header, size_t header_bytes, const void *data,
-                                   size_t bytes, uint64_t tag, lf_request_t *req) {
-  lf_status_t code = LF_OK;
-  if (!req) return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: req is NULL");
-  if (!header && header_bytes)
-    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: header is NULL for a %zu-byte header", header_bytes);
-  if (header_bytes > kMaxMessage || bytes > kMaxMessage - header_bytes)
-    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: %zu + %zu bytes is not a plausible message size", header_bytes,
-                bytes);
+  if (!req) return fail(LF_ERR_INVALID_ARG, "%s: req is NULL", fn);
   std::shared_ptr<Channel> ch = send_target(h, data, bytes, tag, code);
   if (!ch) return code;
   RequestSlot *r;
@@ -274,6 +255,21 @@ LF_API lf_status_t lf_isend_gather(lf_channel_t h, const void *header, size_t he
   r->ch->post_send(r->send);
   *req = handle;
   return LF_OK;
+}
+}  // namespace
+
+LF_API lf_status_t lf_isend(lf_channel_t h, const void *data, size_t bytes, uint64_t tag, lf_request_t *req) {
+  return start_send(h, nullptr, 0, data, bytes, tag, req, "lf_isend");
+}
+
+LF_API lf_status_t lf_isend_gather(lf_channel_t h, const void *header, size_t header_bytes, const void *data,
+                                   size_t bytes, uint64_t tag, lf_request_t *req) {
+  if (!header && header_bytes)
+    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: header is NULL for a %zu-byte header", header_bytes);
+  if (header_bytes > kMaxMessage || bytes > kMaxMessage - header_bytes)
+    return fail(LF_ERR_INVALID_ARG, "lf_isend_gather: %zu + %zu bytes is not a plausible message size", header_bytes,
+                bytes);
+  return start_send(h, header, header_bytes, data, bytes, tag, req, "lf_isend_gather");
 }
 
 LF_API lf_status_t lf_irecv(lf_channel_t h, void *data, size_t capacity, uint64_t tag, lf_request_t *req) {

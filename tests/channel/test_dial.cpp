@@ -46,6 +46,16 @@ std::string recv_text(const Rank &r) {
   return s;
 }
 
+/// Listen on `addr` and tell the parent the bound address (relayed to rank 1).
+lf_listener_t listen_and_tell(Rank &r, lf_context_t ctx, const std::string &addr) {
+  lf_listener_t l;
+  REQUIRE_OK(r, lf_listen(ctx, addr.c_str(), &l));
+  char buf[256];
+  REQUIRE_OK(r, lf_listener_address(l, buf, sizeof buf));
+  send_text(r, buf);
+  return l;
+}
+
 lf_status_t echo(lf_rpc_call_t c, void *) {
   size_t pl;
   const void *p = lf_rpc_call_payload(c, &pl);
@@ -74,11 +84,7 @@ TEST_P(Dial, MessagesAndCallsFlowBothWays) {
   spawn(2, [&](Rank &r) {
     lf_context_t ctx = own_world(r, "s3cret");
     if (r.rank == 0) {
-      lf_listener_t l;
-      REQUIRE_OK(r, lf_listen(ctx, addr.c_str(), &l));
-      char buf[256];
-      REQUIRE_OK(r, lf_listener_address(l, buf, sizeof buf));
-      send_text(r, buf);
+      lf_listener_t l = listen_and_tell(r, ctx, addr);
       lf_channel_t ch;
       REQUIRE_OK(r, lf_accept(l, 30000, &ch));
       REQUIRE(r, lf_channel_peer(ch) == -1, "peer %d", lf_channel_peer(ch));
@@ -152,11 +158,7 @@ TEST_P(Dial, AWrongTokenIsRefusedAndTheListenerStaysUsable) {
   spawn(2, [&](Rank &r) {
     if (r.rank == 0) {
       lf_context_t ctx = own_world(r, "right");
-      lf_listener_t l;
-      REQUIRE_OK(r, lf_listen(ctx, addr.c_str(), &l));
-      char buf[256];
-      REQUIRE_OK(r, lf_listener_address(l, buf, sizeof buf));
-      send_text(r, buf);
+      lf_listener_t l = listen_and_tell(r, ctx, addr);
       lf_channel_t ch;
       REQUIRE_ST(r, LF_ERR_INVALID_ARG, lf_accept(l, 30000, &ch));  // the wrong token
       REQUIRE(r, std::strstr(lf_last_error(), "refused") != nullptr, "%s", lf_last_error());
@@ -186,11 +188,7 @@ TEST_P(Dial, AClientSpeakingGarbageIsRefused) {
   spawn(2, [&](Rank &r) {
     if (r.rank == 0) {
       lf_context_t ctx = own_world(r, "tok");
-      lf_listener_t l;
-      REQUIRE_OK(r, lf_listen(ctx, addr.c_str(), &l));
-      char buf[256];
-      REQUIRE_OK(r, lf_listener_address(l, buf, sizeof buf));
-      send_text(r, buf);
+      lf_listener_t l = listen_and_tell(r, ctx, addr);
       lf_channel_t ch;
       REQUIRE_ST(r, LF_ERR_PROTOCOL, lf_accept(l, 30000, &ch));
       REQUIRE_OK(r, lf_accept(l, 30000, &ch));
@@ -235,11 +233,7 @@ TEST_P(Dial, ADeadClientBreaksItsChannel) {
   spawn(2, [&](Rank &r) {
     if (r.rank == 0) {
       lf_context_t ctx = own_world(r, "tok");
-      lf_listener_t l;
-      REQUIRE_OK(r, lf_listen(ctx, addr.c_str(), &l));
-      char buf[256];
-      REQUIRE_OK(r, lf_listener_address(l, buf, sizeof buf));
-      send_text(r, buf);
+      lf_listener_t l = listen_and_tell(r, ctx, addr);
       lf_channel_t ch;
       REQUIRE_OK(r, lf_accept(l, 30000, &ch));
       char c;
