@@ -161,6 +161,11 @@ Call *Server::lead() noexcept {
     } else if (++idle >= kSpin && served.size() != 1) {
       timespec ts{0, 50000};  // several channels, or none: a short nap per round
       nanosleep(&ts, nullptr);
+    } else if ((idle & 31) == 0) {
+      // The thread that just took a call may share this core (a pinned
+      // process): let it run its handler now and then rather than after
+      // our time slice, which costs milliseconds.
+      std::this_thread::yield();
     }
   }
   return nullptr;
