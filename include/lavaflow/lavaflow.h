@@ -497,8 +497,8 @@ lf_status_t lf_progress_thread(lf_context_t ctx, int enable);
 } /* extern "C" */
 #endif
 
-#include "lavaflow/lavaflow_rpc.h"  /* request channels (lf_rpc_*) */
-#include "lavaflow/lavaflow_coll.h" /* collectives (lf_bcast, lf_allreduce, ...) */
+#include "lavaflow/lavaflow_coll.h"   /* collectives (lf_bcast, lf_allreduce, ...) */
 #include "lavaflow/lavaflow_ingest.h" /* file ingest (lf_ingest_open, lf_ingest_next, lf_ingest_send, ...) */
+#include "lavaflow/lavaflow_rpc.h"    /* request channels (lf_rpc_*) */
 
 #endif /* LAVAFLOW_LAVAFLOW_H */
