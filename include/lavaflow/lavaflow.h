@@ -338,7 +338,8 @@ lf_status_t lf_listen(lf_context_t ctx, const char *address, lf_listener_t *out)
 lf_status_t lf_listener_address(lf_listener_t l, char *buf, size_t len);
 /**
  * The next client, authenticated, as a channel; LF_ERR_TIMEOUT when none
- * within `timeout_ms` (-1: no limit). A client that fails the handshake
+ * arrived within `timeout_ms` (-1: no limit). A client that arrived gets up
+ * to 5 s to finish its handshake, whatever the timeout. A client that fails the handshake
  * gives LF_ERR_PROTOCOL (not lavaflow) or LF_ERR_INVALID_ARG (wrong token,
  * another user) and the listener stays usable. Thread-safe.
  */
@@ -498,6 +499,7 @@ lf_status_t lf_progress_thread(lf_context_t ctx, int enable);
 #endif
 
 #include "lavaflow/lavaflow_coll.h"   /* collectives (lf_bcast, lf_allreduce, ...) */
+#include "lavaflow/lavaflow_exec.h"   /* remote execution (lf_exec_*, lf_plan_*) */
 #include "lavaflow/lavaflow_ingest.h" /* file ingest (lf_ingest_open, lf_ingest_next, lf_ingest_send, ...) */
 #include "lavaflow/lavaflow_rpc.h"    /* request channels (lf_rpc_*) */
 

@@ -85,6 +85,15 @@ lf_status_t lf_rpc_server_create(int threads, lf_rpc_server_t *out);
 lf_status_t lf_rpc_server_register(lf_rpc_server_t s, const char *method, lf_rpc_handler_fn fn, void *user);
 
 /**
+ * Register `fn` for `method` to run on the server's receiving thread the
+ * moment a request arrives, outside the queue and its LF_RPC_QUEUE_MAX bound:
+ * for short, non-blocking answers (health, statistics) that must come back
+ * however busy the handler threads are. The handler must not block; while it
+ * runs, the server receives nothing else.
+ */
+lf_status_t lf_rpc_server_register_inline(lf_rpc_server_t s, const char *method, lf_rpc_handler_fn fn, void *user);
+
+/**
  * Serve the requests that arrive on `ch`. The server takes the channel's
  * rpc tag; the application may still use other tags on it. The channel must
  * stay open until lf_rpc_server_destroy. A channel that breaks (its client

@@ -68,6 +68,16 @@ LF_API lf_status_t lf_rpc_server_register(lf_rpc_server_t s, const char *method,
   return srv->add_handler(method, fn, user);
 }
 
+LF_API lf_status_t lf_rpc_server_register_inline(lf_rpc_server_t s, const char *method, lf_rpc_handler_fn fn,
+                                                 void *user) {
+  auto srv = server_of(s, "lf_rpc_server_register_inline");
+  if (!srv) return LF_ERR_INVALID_ARG;
+  if (!valid_method(method))
+    return fail(LF_ERR_INVALID_ARG, "lf_rpc_server_register_inline: method must be 1..255 bytes");
+  if (!fn) return fail(LF_ERR_INVALID_ARG, "lf_rpc_server_register_inline: handler is NULL");
+  return srv->add_handler(method, fn, user, true);
+}
+
 LF_API lf_status_t lf_rpc_server_serve(lf_rpc_server_t s, lf_channel_t ch) {
   auto srv = server_of(s, "lf_rpc_server_serve");
   if (!srv) return LF_ERR_INVALID_ARG;

@@ -63,6 +63,10 @@ enum class HandleType : uint8_t {
   rpc_server = 8,
   rpc_client = 9,
   rpc_request = 10,
+  exec_server = 11,
+  exec_client = 12,
+  plan = 13,
+  job = 14,
 };
 
 /// Why a lookup failed.

@@ -27,9 +27,9 @@ bool Call::cancelled_now() const noexcept {
          (deadline != Clock::time_point::max() && Clock::now() >= deadline);
 }
 
-Server::Server(int threads) {
+Server::Server(int threads, size_t max_held) {
   const int64_t q = config::get_int("LF_RPC_QUEUE_MAX");
-  max_held_ = q > 0 ? static_cast<size_t>(q) : 1;
+  max_held_ = max_held ? max_held : q > 0 ? static_cast<size_t>(q) : 1;
   // One more thread than may run handlers: there is always one to lead.
   try {
     for (int i = 0; i <= threads; ++i) threads_.emplace_back([this] { thread_loop(); });
@@ -41,10 +41,10 @@ Server::Server(int threads) {
 
 Server::~Server() { stop(); }
 
-lf_status_t Server::add_handler(const char *method, lf_rpc_handler_fn fn, void *user) noexcept {
+lf_status_t Server::add_handler(const char *method, lf_rpc_handler_fn fn, void *user, bool inline_call) noexcept {
   try {
     std::unique_lock g(handlers_mu_);
-    handlers_[method] = {fn, user};
+    handlers_[method] = Handler{fn, user, inline_call};
     return LF_OK;
   } catch (const std::bad_alloc &) {
     return fail(LF_ERR_NO_MEMORY, "rpc server: no memory to register a method");
@@ -182,9 +182,12 @@ void Server::drop(Served &s, lf_status_t why) noexcept {
     } catch (const std::bad_alloc &) {
     }
   }
-  std::lock_guard g(mu_);
-  std::erase_if(served_, [&](const std::shared_ptr<Served> &p) { return p.get() == &s; });
-  served_gen_.fetch_add(1, std::memory_order_release);
+  {
+    std::lock_guard g(mu_);
+    std::erase_if(served_, [&](const std::shared_ptr<Served> &p) { return p.get() == &s; });
+    served_gen_.fetch_add(1, std::memory_order_release);
+  }
+  if (on_drop_) on_drop_(s.ch);
 }
 
 Call *Server::take(const std::shared_ptr<Served> &s, lf_buffer_t buf, const Message &msg) noexcept {
@@ -200,7 +203,7 @@ Call *Server::take(const std::shared_ptr<Served> &s, lf_buffer_t buf, const Mess
     drop(*s, LF_ERR_PROTOCOL);
     return nullptr;
   }
-  std::pair<lf_rpc_handler_fn, void *> h{nullptr, nullptr};
+  Handler h;
   std::unique_ptr<Call> c;
   try {
     c = std::make_unique<Call>();
@@ -212,19 +215,26 @@ Call *Server::take(const std::shared_ptr<Served> &s, lf_buffer_t buf, const Mess
     refuse(*s, p.id, LF_ERR_NO_MEMORY, "rpc server: no memory for the call");
     return nullptr;
   }
-  if (!h.first) {
+  if (!h.fn) {
     lf_free(buf);
     refuse(*s, p.id, LF_ERR_NOT_FOUND, "rpc server: no method '" + c->method + "'");
     return nullptr;
   }
   c->server = this;
   c->from = s;
-  c->fn = h.first;
-  c->user = h.second;
+  c->fn = h.fn;
+  c->user = h.user;
   c->id = p.id;
   c->buf = buf;
   c->msg = msg;
   if (p.remaining_ns > 0) c->deadline = Clock::now() + std::chrono::nanoseconds(p.remaining_ns);
+  if (h.inline_call) {
+    // Not registered in s->calls: it is answered before any cancel of it
+    // can be read, so a cancel finds nothing to flip.
+    run(*c);
+    lf_free(c->buf);
+    return nullptr;
+  }
   bool admitted = false;
   {
     std::lock_guard g(mu_);

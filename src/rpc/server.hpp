@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -57,15 +58,28 @@ struct Call {
 
 class Server {
  public:
-  explicit Server(int threads);
+  /// `max_held`: calls queued or running before LF_ERR_BUSY (0: LF_RPC_QUEUE_MAX).
+  explicit Server(int threads, size_t max_held = 0);
   ~Server();  ///< stop(), if not done
   /// The call behind `c` when it is the one this thread's handler is
   /// running, else nullptr (a call handle is valid only inside its handler).
   static Call *current(lf_rpc_call_t c) noexcept;
-  lf_status_t add_handler(const char *method, lf_rpc_handler_fn fn, void *user) noexcept;
+  /// `inline_call`: the receiving thread runs the handler the moment the
+  /// request arrives, outside the queue and its bound, so it is answered
+  /// however busy the workers are. Such a handler must not block.
+  lf_status_t add_handler(const char *method, lf_rpc_handler_fn fn, void *user, bool inline_call = false) noexcept;
+  /// Called once for each served channel the server stops serving (its
+  /// client died or misbehaved), on the receiving thread, after every token
+  /// of its calls flipped. Set before the first serve().
+  void on_drop(std::function<void(lf_channel_t)> fn) { on_drop_ = std::move(fn); }
   lf_status_t serve(lf_channel_t ch) noexcept;
   void stop() noexcept;
   bool stopping() const noexcept { return stopping_.load(std::memory_order_relaxed); }
+  /// Calls queued or running now.
+  size_t held() noexcept {
+    std::lock_guard g(mu_);
+    return held_;
+  }
 
   /// Answer `c` (a response, or an error with its text as header).
   lf_status_t respond(Call &c, lf_status_t status, const void *header, size_t header_len, const void *payload,
@@ -85,7 +99,13 @@ class Server {
   void drop(Served &s, lf_status_t why) noexcept;
 
   std::shared_mutex handlers_mu_;
-  std::unordered_map<std::string, std::pair<lf_rpc_handler_fn, void *>> handlers_;
+  struct Handler {
+    lf_rpc_handler_fn fn = nullptr;
+    void *user = nullptr;
+    bool inline_call = false;
+  };
+  std::unordered_map<std::string, Handler> handlers_;
+  std::function<void(lf_channel_t)> on_drop_;
   std::mutex mu_;                    ///< guards what follows
   std::condition_variable work_cv_;  ///< followers wait here for leadership or queued calls
   std::deque<Call *> queue_;         ///< calls that came while no thread was idle
