@@ -8,7 +8,7 @@ set(LAVAFLOW_FEATURES "")
 # as "not built" (and LAVAFLOW_HAVE_<NAME> stays OFF), so that neither the
 # summary nor lf-info claims a capability lavaflow does not have. The code
 # that starts using one removes it from this list.
-set(LAVAFLOW_NOT_WIRED DPDK)
+set(LAVAFLOW_NOT_WIRED "")
 
 # lf_optional(NAME FOUND_VAR REASON)
 #   Call after the probe for NAME ran; FOUND_VAR says whether it was found.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Hunts flaky tests: runs the multi-process suites (labels channel, remote,
-# bootstrap, gpu, conformance, tcp, mpi, ingest, ucx, rpc) repeatedly, two at a time, while two
+# bootstrap, gpu, conformance, tcp, mpi, ingest, ucx, rpc, dpdk, exec) repeatedly, two at a time, while two
 # busy loops keep both cores loaded, so that a test which depends on timing
 # or on an order the code never promised fails here instead of on a fresh
 # machine. Stops at the first failure and prints it.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 BUILD=${BUILD:-build}
 REPEAT=${REPEAT:-20}
-LABELS=${LABELS:-'channel|remote|bootstrap|gpu|conformance|tcp|mpi|ingest|ucx|rpc'}
+LABELS=${LABELS:-'channel|remote|bootstrap|gpu|conformance|tcp|mpi|ingest|ucx|rpc|dpdk|exec'}
 
 if [ ! -f "$BUILD/CTestTestfile.cmake" ]; then
   scripts/setup-debian.sh

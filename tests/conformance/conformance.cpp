@@ -1420,6 +1420,8 @@ std::vector<Instance> instances(const std::string &filter) {
     std::replace(u.variant.begin(), u.variant.end(), ',', '_');
     all.push_back(u);
   }
+  // dpdk: two processes over net_memif (LF_TRANSPORTS=dpdk starts it).
+  all.push_back({"dpdk", 2, false, LF_MEM_HOST, LAVAFLOW_HAVE_DPDK ? "" : "built without DPDK"});
   std::erase_if(all, [&](const Instance &i) { return !wanted(filter, i); });
   return all;
 }
