@@ -95,6 +95,11 @@ def second_thread_rates(ctx, ch, ch2, seconds, rank):
       pp:    8 B ping-pongs with rank 1's second thread on `ch`; the main
              thread waits on another channel to the same peer (ch2)
       pp-same: the same, the main thread waiting on `ch` itself (other tag)
+      pp-same-spin: pp-same with the bindings' passive waits off
+             (lavaflow._lavaflow._set_passive_waits(False)): the waiter
+             spins in the library's wait as before, for a side-by-side
+    Also the main thread's CPU time while it waits, as a share of the wall
+    time (waiter_cpu): what the waiter takes from the second thread's core.
     """
     buf = np.zeros(1, np.uint8)
     out = {}
@@ -123,9 +128,10 @@ def second_thread_rates(ctx, ch, ch2, seconds, rank):
                 if b[0]:
                     return n / seconds
 
-    def run(kind, waiting, wait_ch):
+    def run(kind, waiting, wait_ch, passive=True):
+        lf._lavaflow._set_passive_waits(passive)
         ctx.barrier()
-        res = []
+        res, cpu = [], []
         if kind == "work":  # rank 0's worker tells rank 1's thread when it is done
             note = np.zeros(1, np.uint8)
             if rank == 0:
@@ -138,7 +144,9 @@ def second_thread_rates(ctx, ch, ch2, seconds, rank):
         t.start()
         if rank == 0:
             if waiting:
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
                 wait_ch.recv(buf, 5)  # the main thread waits here, GIL released
+                cpu.append((time.thread_time() - cpu0) / (time.perf_counter() - wall0))
                 t.join()
             else:
                 t.join()
@@ -149,14 +157,18 @@ def second_thread_rates(ctx, ch, ch2, seconds, rank):
                 wait_ch.send(buf, 5)  # only now may rank 0's main thread go on
             else:
                 wait_ch.recv(buf, 5)
-        return res[0] if res else 0.0
+        lf._lavaflow._set_passive_waits(True)
+        return (res[0] if res else 0.0), (cpu[0] if cpu else 0.0)
 
-    for kind, wait_ch in (("work", ch2), ("pp", ch2), ("pp-same", ch)):
-        alone = run(kind.split("-")[0], False, wait_ch)
-        waiting = run(kind.split("-")[0], True, wait_ch)
+    for kind, wait_ch, passive in (("work", ch2, True), ("pp", ch2, True), ("pp-same", ch, True),
+                                   ("pp-same-spin", ch, False)):
+        base = "pp" if kind.startswith("pp") else kind
+        alone, _ = run(base, False, wait_ch, passive)
+        waiting, cpu = run(base, True, wait_ch, passive)
         out[kind + "_alone"] = alone
         out[kind + "_waiting"] = waiting
         out[kind + "_ratio"] = waiting / alone if alone else 0.0  # adjacent pair: drifts cancel
+        out[kind + "_waiter_cpu"] = cpu
     return out
 
 
@@ -213,10 +225,11 @@ def main():
         print(f"  lf-python - lf-c      = {med['lf-python'] - med['lf-c']:+.3f} us  (target <= +0.25)")
         print(f"  mpi4py / lf-python    = {med['mpi4py'] / med['lf-python']:.2f}x  (target >= 1.5x)")
         print(f"  zero copy, 64 MiB     = {med['zc-64MiB']:.3f} us  (target <= 2; C: {med['zc-64MiB-c']:.3f} us)")
-        for kind in ("work", "pp", "pp-same"):
+        for kind in ("work", "pp", "pp-same", "pp-same-spin"):
             alone, waiting, ratio = rates[kind + "_alone"], rates[kind + "_waiting"], rates[kind + "_ratio"]
-            print(f"  second thread, {kind:8s} alone {alone:12.0f}/s, main waiting {waiting:12.0f}/s: "
-                  f"median of the rounds' ratios {ratio:6.1%}  (target >= 90%)")
+            print(f"  second thread, {kind:12s} alone {alone:11.0f}/s, main waiting {waiting:11.0f}/s: "
+                  f"median of the rounds' ratios {ratio:6.1%}  (target >= 90%); "
+                  f"waiter's CPU {rates[kind + '_waiter_cpu']:6.1%} of its wait")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"one_way_us": med, "rounds_us": {k: [x * 1e6 for x in v] for k, v in one_way.items()},

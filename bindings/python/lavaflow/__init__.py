@@ -26,19 +26,32 @@ from ._lavaflow import (  # noqa: F401
     Closed,
     Context,
     Error,
+    ExecClient,
+    ExecServer,
+    Ingest,
+    Job,
+    Listener,
     PeerGone,
+    Plan,
     Request,
+    RpcCall,
+    RpcClient,
+    RpcRequest,
+    RpcServer,
     Timeout,
     Truncated,
     Unavailable,
+    ingest,
+    listen,
     status_string,
     version,
 )
 from ._lavaflow import init as _init
 
 __all__ = [
-    "ANY_TAG", "MEMORY_KINDS", "Buffer", "Cancelled", "Channel", "Closed", "Context", "Error", "PeerGone",
-    "Request", "Timeout", "Truncated", "Unavailable", "init", "status_string", "version",
+    "ANY_TAG", "MEMORY_KINDS", "Buffer", "Cancelled", "Channel", "Closed", "Context", "Error", "ExecClient",
+    "ExecServer", "Ingest", "Job", "Listener", "PeerGone", "Plan", "Request", "RpcCall", "RpcClient", "RpcRequest",
+    "RpcServer", "Timeout", "Truncated", "Unavailable", "ingest", "init", "listen", "status_string", "version",
 ]
 __version__ = version()
 

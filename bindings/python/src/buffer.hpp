@@ -31,6 +31,8 @@ class Buffer {
   void free();
 
   bool live() const noexcept { return static_cast<bool>(hold_); }
+  // A share of the memory (NULL once freed or sent): it stays alive while any share does.
+  std::shared_ptr<BufferHandle> share() const noexcept { return hold_; }
   void *data() const;
   size_t size() const noexcept { return size_; }
   uintptr_t address() const noexcept { return reinterpret_cast<uintptr_t>(data_); }

@@ -9,12 +9,19 @@
 
 namespace lfpy {
 
+// A posted send, receive or non-blocking collective. `chan` keeps it (and its
+// memory) when the Request is dropped before it completes.
 class Request {
  public:
-  Request(std::shared_ptr<ChannelState> chan, lf_request_t req, Pinned &&mem, bool buffer_recv);
+  Request(std::shared_ptr<ChannelState> chan, lf_request_t req, Pinned &&mem, bool buffer_recv,
+          Pinned &&mem2 = Pinned());
   ~Request();
   Request(const Request &) = delete;
   Request &operator=(const Request &) = delete;
+
+  // A request that completed before it was posted (a stashed message).
+  static std::unique_ptr<Request> completed(std::shared_ptr<ChannelState> chan, lf_status_t st, size_t bytes,
+                                            const std::string &detail, py::object buffer);
 
   bool test();
   py::object wait(const py::object &timeout);
@@ -23,12 +30,11 @@ class Request {
 
  private:
   void finish(lf_status_t st, size_t bytes);
-  void collect_buffer();  // an irecv_buffer request known complete
   py::object result();
 
   std::shared_ptr<ChannelState> chan_;
   lf_request_t req_;
-  Pinned mem_;
+  Pinned mem_, mem2_;
   bool buffer_recv_;
   bool busy_ = false;
   bool finished_ = false;
@@ -40,7 +46,7 @@ class Request {
 
 class Channel {
  public:
-  Channel(lf_channel_t ch, py::object ctx);
+  Channel(lf_channel_t ch, py::object ctx, lf_context_t ctx_handle);
   ~Channel();
   Channel(const Channel &) = delete;
   Channel &operator=(const Channel &) = delete;
@@ -49,6 +55,8 @@ class Channel {
   size_t recv(py::handle out, uint64_t tag, const py::object &timeout);
   std::unique_ptr<Request> isend(py::handle obj, uint64_t tag);
   std::unique_ptr<Request> irecv(py::handle out, uint64_t tag);
+  void send_gather(py::handle header, py::handle payload, uint64_t tag, const py::object &timeout);
+  std::unique_ptr<Request> isend_gather(py::handle header, py::handle payload, uint64_t tag);
   void send_buffer(Buffer &buf, uint64_t tag, const py::object &timeout);
   std::unique_ptr<Request> isend_buffer(Buffer &buf, uint64_t tag);
   py::object recv_buffer(uint64_t tag, const py::object &timeout);
@@ -61,14 +69,22 @@ class Channel {
   int peer() const noexcept { return peer_; }
   bool closed() const noexcept { return !state_->ch; }
   const std::shared_ptr<ChannelState> &state() const noexcept { return state_; }
-  // The C handle, for the benchmark's C reference loops.
+  const py::object &context() const noexcept { return ctx_; }
+  // The C handle, for the benchmark's C reference loops and the rpc layer.
   lf_channel_t raw(const char *call) const { return handle(call); }
 
  private:
   lf_channel_t handle(const char *call) const;
-  // Waits a request a blocking call posted; on interrupt or timeout the
-  // channel keeps the request (cancelled) and its memory, and this raises.
-  size_t finish_blocking(lf_request_t req, Pinned &&mem, const py::object &timeout, const char *call);
+  // Waits a blocking send; on interrupt or timeout the channel keeps the
+  // send (cancelled where the transport still can) and its memory, and this raises.
+  void finish_send(lf_request_t req, Pinned &&mem, Pinned &&mem2, const py::object &timeout, const char *call);
+  // Waits a blocking receive into `mem`. On interrupt or timeout the receive
+  // is cancelled and its end awaited: a receive that had matched a message
+  // meanwhile returns it (timeout) or stashes it for the next receive
+  // (Ctrl-C), so no message is lost.
+  size_t finish_recv(lf_request_t req, Pinned &&mem, const py::object &timeout, const char *call);
+  // A stashed message delivered into `mem`.
+  size_t deliver(const Stashed &s, const Pinned &mem, const char *call);
 
   std::shared_ptr<ChannelState> state_;
   py::object ctx_;  // keeps the Context alive while the channel is

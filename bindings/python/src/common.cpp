@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <string_view>
 #include <thread>
+
+#include <unistd.h>
 
 #include "lfpy.hpp"
 
@@ -39,9 +42,6 @@ PyObject *class_for(lf_status_t st) {
     default: return g_error;
   }
 }
-
-// Slice of a wait between two looks at pending signals.
-constexpr int64_t kSliceMs = 100;
 }  // namespace
 
 void register_errors(py::module_ &m) {
@@ -61,7 +61,11 @@ void raise_status(lf_status_t st, const char *call) { raise_status(st, call, lf_
 
 void raise_status(lf_status_t st, const char *call, const std::string &detail, long long bytes) {
   std::string msg = std::string(call) + ": " + lf_status_string(st);
-  if (!detail.empty()) msg += ": " + detail;
+  // A detail that starts with the status's own name (a server's text) says it once.
+  std::string_view d = detail;
+  const std::string prefix = std::string(lf_status_string(st)) + ": ";
+  while (d.substr(0, prefix.size()) == prefix) d.remove_prefix(prefix.size());
+  if (!d.empty()) msg += ": " + std::string(d);
   PyObject *cls = class_for(st);
   py::object inst = py::reinterpret_steal<py::object>(PyObject_CallFunction(cls, "s", msg.c_str()));
   if (!inst) throw py::error_already_set();
@@ -70,6 +74,29 @@ void raise_status(lf_status_t st, const char *call, const std::string &detail, l
   if (bytes >= 0) inst.attr("bytes") = py::int_(bytes);
   PyErr_SetObject(cls, inst.ptr());
   throw py::error_already_set();
+}
+
+lf_status_t status_for(py::error_already_set &e) {
+  if (e.matches(g_error)) {
+    if (py::hasattr(e.value(), "status")) {
+      try {
+        const int st = e.value().attr("status").cast<int>();
+        if (st < 0) return st;
+      } catch (py::cast_error &) {
+      }
+    }
+    const std::pair<PyObject *, lf_status_t> by_class[] = {
+        {g_peer_gone, LF_ERR_PEER_GONE}, {g_timeout, LF_ERR_TIMEOUT},         {g_truncated, LF_ERR_TRUNCATED},
+        {g_cancelled, LF_ERR_CANCELLED}, {g_unavailable, LF_ERR_UNAVAILABLE}, {g_closed, LF_ERR_CLOSED}};
+    for (auto &[cls, st] : by_class)
+      if (e.matches(cls)) return st;
+    return LF_ERR_INTERNAL;
+  }
+  if (e.matches(PyExc_TimeoutError)) return LF_ERR_TIMEOUT;
+  if (e.matches(PyExc_ValueError) || e.matches(PyExc_TypeError) || e.matches(PyExc_KeyError)) return LF_ERR_INVALID_ARG;
+  if (e.matches(PyExc_NotImplementedError)) return LF_ERR_UNSUPPORTED;
+  if (e.matches(PyExc_MemoryError)) return LF_ERR_NO_MEMORY;
+  return LF_ERR_INTERNAL;
 }
 
 // ---- Pinned --------------------------------------------------------------------------
@@ -83,6 +110,10 @@ Pinned &Pinned::operator=(Pinned &&o) noexcept {
     view_ = o.view_;
     dl_ = o.dl_;
     keep_ = o.keep_;
+    dtype_kind_ = o.dtype_kind_;
+    itemsize_ = o.itemsize_;
+    ndim_ = o.ndim_;
+    std::copy(o.dims_, o.dims_ + kMaxDims, dims_);
     o.has_view_ = false;
     o.dl_ = nullptr;
     o.keep_ = nullptr;
@@ -119,6 +150,33 @@ std::string shape_text(int ndim, const Py_ssize_t *shape, const Py_ssize_t *stri
   throw py::error_already_set();
 }
 
+// 'i', 'u' or 'f' for a struct-module format of one number ("<i4" is not
+// one: numpy gives "i", "<l" ...); 0 for anything else.
+char format_kind(const char *fmt) {
+  if (!fmt) return 'u';  // no format: unsigned bytes
+  if (*fmt == '<' || *fmt == '>' || *fmt == '=' || *fmt == '@' || *fmt == '!') ++fmt;
+  if (!fmt[0] || fmt[1]) return 0;
+  switch (fmt[0]) {
+    case 'b':
+    case 'h':
+    case 'i':
+    case 'l':
+    case 'q':
+    case 'n': return 'i';
+    case 'B':
+    case 'H':
+    case 'I':
+    case 'L':
+    case 'Q':
+    case 'N':
+    case 'c': return 'u';
+    case 'e':
+    case 'f':
+    case 'd': return 'f';
+    default: return 0;
+  }
+}
+
 [[noreturn]] void buffer_error(const std::string &what) {
   PyErr_SetString(PyExc_BufferError, what.c_str());
   throw py::error_already_set();
@@ -141,11 +199,12 @@ DLManagedTensor *consume_capsule(PyObject *cap) {
 }
 }  // namespace
 
-Pinned Pinned::acquire(py::handle obj, bool writable) {
+Pinned Pinned::acquire(py::handle obj, bool writable, bool typed) {
   Pinned p;
   PyObject *o = obj.ptr();
   if (PyObject_CheckBuffer(o)) {
-    if (PyObject_GetBuffer(o, &p.view_, PyBUF_STRIDES) != 0) throw py::error_already_set();
+    if (PyObject_GetBuffer(o, &p.view_, typed ? PyBUF_STRIDES | PyBUF_FORMAT : PyBUF_STRIDES) != 0)
+      throw py::error_already_set();
     p.has_view_ = true;
     if (writable && p.view_.readonly) {
       std::string t = Py_TYPE(o)->tp_name;
@@ -159,6 +218,12 @@ Pinned Pinned::acquire(py::handle obj, bool writable) {
     }
     p.data_ = p.view_.buf;
     p.size_ = static_cast<size_t>(p.view_.len);
+    p.itemsize_ = p.view_.itemsize > 0 ? static_cast<size_t>(p.view_.itemsize) : 1;
+    p.dtype_kind_ = format_kind(p.view_.format);
+    if (p.view_.ndim <= kMaxDims && (p.view_.shape || p.view_.ndim == 0)) {
+      p.ndim_ = p.view_.ndim;
+      std::copy(p.view_.shape, p.view_.shape + p.view_.ndim, p.dims_);
+    }
     return p;
   }
   // DLPack: a capsule itself, or an object with __dlpack__.
@@ -201,6 +266,19 @@ Pinned Pinned::acquire(py::handle obj, bool writable) {
   }
   p.data_ = static_cast<char *>(t.data) + t.byte_offset;
   p.size_ = count * elem;
+  p.itemsize_ = elem ? elem : 1;
+  if (t.ndim <= kMaxDims) {
+    p.ndim_ = t.ndim;
+    std::copy(t.shape, t.shape + t.ndim, p.dims_);
+  }
+  if (t.dtype.lanes == 1) {
+    switch (t.dtype.code) {
+      case kDLInt: p.dtype_kind_ = 'i'; break;
+      case kDLUInt: p.dtype_kind_ = 'u'; break;
+      case kDLFloat: p.dtype_kind_ = 'f'; break;
+      default: break;
+    }
+  }
   p.keep_ = obj.inc_ref().ptr();
   return p;
 }
@@ -214,83 +292,59 @@ int64_t timeout_ms(const py::object &timeout) {
   return static_cast<int64_t>(s * 1000.0 + 0.5);
 }
 
-lf_status_t wait_request(lf_request_t &req, int64_t timeout, size_t *bytes, bool *interrupted) {
-  *interrupted = false;
-  // Already complete (eager sends, a message that was waiting): no GIL round trip.
-  lf_status_t st = lf_wait_timeout(req, 0, bytes);
-  if (st != LF_ERR_TIMEOUT) {
-    req = nullptr;
-    return st;
-  }
-  auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    int64_t slice = kSliceMs;
-    if (timeout >= 0) {
-      int64_t spent =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
-      if (spent >= timeout) return LF_ERR_TIMEOUT;
-      slice = std::min(slice, timeout - spent);
-    }
-    {
-      py::gil_scoped_release nogil;
-      st = lf_wait_timeout(req, slice, bytes);
-    }
-    if (st != LF_ERR_TIMEOUT) {
-      req = nullptr;
-      return st;
-    }
-    if (PyErr_CheckSignals() != 0) {
-      *interrupted = true;
-      return LF_ERR_TIMEOUT;
-    }
-  }
+namespace {
+unsigned long g_main_thread = 0;
+std::atomic<int> g_notify_fd{-1};
+}  // namespace
+
+void notify_next_wait(int fd) noexcept { g_notify_fd.store(fd); }
+
+namespace {
+std::atomic<bool> g_passive{true};
+}
+void set_passive_waits(bool on) noexcept { g_passive.store(on, std::memory_order_relaxed); }
+bool passive_waits() noexcept { return g_passive.load(std::memory_order_relaxed); }
+
+void waiting_now() noexcept {
+  if (g_notify_fd.load(std::memory_order_relaxed) < 0) return;
+  const int fd = g_notify_fd.exchange(-1);
+  if (fd >= 0) (void)!::write(fd, "w", 1);
 }
 
-lf_status_t wait_buffer_ready(lf_request_t req, int64_t timeout, bool *interrupted) {
-  *interrupted = false;
-  int done = 0;
-  lf_status_t st = lf_test(req, &done);
-  if (st < 0) return st;
-  if (done) return LF_OK;
-  auto start = std::chrono::steady_clock::now();
-  auto ms_since = [&] {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
-  };
-  int64_t checked = 0;
-  for (;;) {
-    {
-      py::gil_scoped_release nogil;
-      // Spin briefly, then back off to short sleeps: there is no
-      // lf_wait_buffer with a deadline to block in.
-      auto pause = std::chrono::microseconds(0);
-      for (int i = 0;; ++i) {
-        st = lf_test(req, &done);
-        if (st < 0 || done) break;
-        if (i > 2000) {
-          pause = std::min(std::chrono::microseconds(1000), pause + std::chrono::microseconds(20));
-          std::this_thread::sleep_for(pause);
-        }
-        int64_t now = ms_since();
-        if (now - checked >= kSliceMs || (timeout >= 0 && now >= timeout)) break;
-      }
-    }
-    if (st < 0) return st;
-    if (done) return LF_OK;
-    checked = ms_since();
-    if (PyErr_CheckSignals() != 0) {
-      *interrupted = true;
-      return LF_ERR_TIMEOUT;
-    }
-    if (timeout >= 0 && checked >= timeout) return LF_ERR_TIMEOUT;
-  }
+void set_signal_thread(unsigned long ident) noexcept { g_main_thread = ident; }
+
+bool on_signal_thread() noexcept { return PyThread_get_thread_ident() == g_main_thread; }
+
+bool signal_raised() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
 }
 
 // ---- orphans -------------------------------------------------------------------------
 
-void ChannelState::adopt(lf_request_t req, Pinned &&mem, bool buffer_recv) noexcept {
+ChannelState::~ChannelState() { free_stash(); }
+
+void ChannelState::adopt(lf_request_t req, Pinned &&mem, bool buffer_recv, Pinned &&mem2) noexcept {
   lf_cancel(req);
-  orphans.push_back(Orphan{req, std::move(mem), buffer_recv});
+  orphans.push_back(Orphan{req, std::move(mem), buffer_recv, std::move(mem2)});
   reap(false);
+}
+
+bool ChannelState::take_stashed(uint64_t tag, Stashed *out) noexcept {
+  for (auto it = stash.begin(); it != stash.end(); ++it) {
+    if (tag == LF_ANY_TAG || it->tag == tag) {
+      *out = *it;
+      stash.erase(it);
+      return true;
+    }
+  }
+  return false;
+}
+
+void ChannelState::free_stash() noexcept {
+  for (Stashed &s : stash)
+    if (s.buf) lf_free(s.buf);
+  stash.clear();
 }
 
 void ChannelState::reap(bool all) noexcept {
@@ -303,18 +357,14 @@ void ChannelState::reap(bool all) noexcept {
   for (Orphan &o : mine) {
     bool finished = false;
     if (o.buffer_recv) {
-      int done = 0;
-      lf_status_t st = lf_test(o.req, &done);
-      if (st < 0 || done || all) {
-        lf_buffer_t b = nullptr;
-        lf_status_t w;
-        {
-          py::gil_scoped_release nogil;
-          w = lf_wait_buffer(o.req, &b, nullptr);
-        }
-        if (w == LF_OK && b) lf_free(b);
-        finished = true;
+      lf_buffer_t b = nullptr;
+      lf_status_t w;
+      {
+        py::gil_scoped_release nogil;
+        w = lf_wait_buffer_timeout(o.req, all ? -1 : 0, &b, nullptr);
       }
+      finished = w != LF_ERR_TIMEOUT;
+      if (w == LF_OK && b) lf_free(b);
     } else {
       lf_status_t st;
       if (all) {
@@ -325,10 +375,12 @@ void ChannelState::reap(bool all) noexcept {
       }
       finished = st != LF_ERR_TIMEOUT;
     }
-    if (finished)
+    if (finished) {
       o.mem.release();
-    else
+      o.mem2.release();
+    } else {
       left.push_back(std::move(o));
+    }
   }
   for (Orphan &o : left) orphans.push_back(std::move(o));
 }

@@ -1,5 +1,6 @@
 // The lavaflow Python module (_lavaflow; the package lavaflow re-exports it):
-// Context, Channel, Request, Buffer and the errors, over the C API only.
+// Context, Channel, Request, Buffer and the errors, over the C API only; the
+// other files bind listeners, rpc, collectives and ingest.
 #include <pybind11/stl.h>
 
 #include <chrono>
@@ -11,154 +12,11 @@
 
 #include "buffer.hpp"
 #include "channel.hpp"
+#include "context.hpp"
 #include "lfpy.hpp"
 
 namespace lfpy {
 namespace {
-
-class Context {
- public:
-  explicit Context(lf_context_t ctx) : ctx_(ctx), fork_gen_(fork_generation()) {}
-  ~Context() {
-    if (fork_gen_ != fork_generation()) return;  // the parent's, inherited over fork()
-    try {
-      finalize();
-    } catch (py::error_already_set &e) {
-      e.discard_as_unraisable(__func__);
-    }
-  }
-  Context(const Context &) = delete;
-  Context &operator=(const Context &) = delete;
-
-  lf_context_t handle(const char *call) const {
-    if (!ctx_) {
-      raise_status(LF_ERR_CLOSED, call, "the context was finalized");
-    }
-    if (fork_gen_ != fork_generation()) {
-      PyErr_Format(PyExc_RuntimeError, "lavaflow: %s: this context belongs to the parent process (fork)", call);
-      throw py::error_already_set();
-    }
-    return ctx_;
-  }
-
-  int rank() const { return lf_rank(handle("Context.rank")); }
-  int size() const { return lf_size(handle("Context.size")); }
-
-  std::string scope(int peer) const {
-    lf_scope_t s = lf_scope(handle("Context.scope"), peer);
-    if (s == LF_SCOPE_INVALID) raise_status(LF_ERR_INVALID_ARG, "Context.scope");
-    return lf_scope_string(s);
-  }
-
-  std::string scope_explain(int peer) const {
-    char buf[512];
-    check(lf_scope_explain(handle("Context.scope_explain"), peer, buf, sizeof buf), "Context.scope_explain");
-    return buf;
-  }
-
-  std::string location(int rank) const {
-    lf_context_t c = handle("Context.location");
-    size_t needed = 0;
-    std::string s(4096, '\0');
-    check(lf_location_json(c, rank, s.data(), s.size(), &needed), "Context.location");
-    if (needed > s.size()) {
-      s.assign(needed, '\0');
-      check(lf_location_json(c, rank, s.data(), s.size(), &needed), "Context.location");
-    }
-    s.resize(needed ? needed - 1 : 0);
-    return s;
-  }
-
-  void barrier() {
-    lf_context_t c = handle("Context.barrier");
-    lf_status_t st;
-    {
-      py::gil_scoped_release nogil;
-      st = lf_barrier(c);
-    }
-    check(st, "Context.barrier");
-  }
-
-  std::unique_ptr<Channel> open(py::object self, int peer, std::optional<std::string> transports, bool strict,
-                                const std::string &memory_kind, size_t message_bytes) {
-    lf_context_t c = handle("Context.open");
-    lf_channel_params_t p = LF_CHANNEL_PARAMS_INIT;
-    p.transports = transports ? transports->c_str() : nullptr;
-    p.strict = strict ? 1 : 0;
-    p.memory_kind = kind_from_name(memory_kind);
-    p.message_bytes = message_bytes;
-    lf_channel_t ch = nullptr;
-    lf_status_t st;
-    {
-      py::gil_scoped_release nogil;
-      st = lf_channel_open_ex(c, peer, &p, &ch);
-    }
-    check(st, "Context.open");
-    auto channel = std::make_unique<Channel>(ch, std::move(self));
-    channels_.push_back(channel->state());
-    return channel;
-  }
-
-  Buffer alloc(size_t nbytes, const std::string &kind, bool strict) {
-    lf_context_t c = handle("Context.alloc");
-    lf_memory_kind_t k = kind_from_name(kind);
-    lf_buffer_t b = nullptr;
-    if (k == LF_MEM_HOST_SHARED) {
-      // The shared pool's buffers go by descriptor over shm channels.
-      lf_pool_t pool = nullptr;
-      check(lf_shared_pool(c, &pool), "Context.alloc");
-      // A pool hit costs ~60 ns, less than releasing the GIL; a miss maps a
-      // segment (tens of microseconds), which is not waiting on anyone.
-      lf_status_t st = lf_pool_acquire(pool, nbytes, &b);
-      if (st == LF_OK) return Buffer(b);
-      if (st != LF_ERR_NO_MEMORY && st != LF_ERR_INVALID_ARG) raise_status(st, "Context.alloc");
-      // Beyond the pool's largest class or cap: a buffer of its own.
-    }
-    lf_alloc_params_t p = LF_ALLOC_PARAMS_INIT;
-    p.strict = strict ? 1 : 0;
-    lf_status_t st;
-    {
-      py::gil_scoped_release nogil;
-      st = lf_alloc_ex(c, nbytes, k, &p, &b);
-    }
-    check(st, "Context.alloc");
-    return Buffer(b);
-  }
-
-  void progress_thread(bool enable) { check(lf_progress_thread(handle("Context"), enable ? 1 : 0), "progress_thread"); }
-
-  void finalize() {
-    if (!ctx_) return;
-    handle("Context.finalize");
-    for (auto &w : channels_) {
-      if (auto s = w.lock(); s && s->ch) {
-        lf_channel_t ch = s->ch;
-        s->ch = nullptr;
-        {
-          py::gil_scoped_release nogil;
-          lf_channel_close(ch);
-        }
-        s->reap(true);
-      }
-    }
-    channels_.clear();
-    lf_context_t c = ctx_;
-    ctx_ = nullptr;
-    lf_status_t st;
-    {
-      py::gil_scoped_release nogil;
-      st = lf_finalize(c);
-    }
-    check(st, "Context.finalize");
-  }
-
-  bool finalized() const noexcept { return !ctx_; }
-
- private:
-  lf_context_t ctx_;
-  unsigned fork_gen_;
-  std::vector<std::weak_ptr<ChannelState>> channels_;
-};
 
 // The C reference for bench.py, on the very channel Python uses: the same
 // ping-pong written against the C API, timed here with the GIL released.
@@ -275,7 +133,9 @@ PYBIND11_MODULE(_lavaflow, m) {
       });
   install_buffer_protocol(buffer);
 
-  py::class_<Request>(m, "Request", "A posted send or receive.")
+  set_signal_thread(py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>());
+
+  py::class_<Request>(m, "Request", "A posted send, receive or non-blocking collective.")
       .def("test", &Request::test, "True once complete (wait() then returns at once).")
       .def("wait", &Request::wait, "timeout"_a = py::none(),
            "Wait (GIL released); returns the bytes moved, or the Buffer of irecv_buffer. Raises Timeout after "
@@ -292,6 +152,9 @@ PYBIND11_MODULE(_lavaflow, m) {
       .def("send", &Channel::send, "obj"_a, "tag"_a = 0, "timeout"_a = py::none())
       .def("recv", &Channel::recv, "out"_a, "tag"_a = 0, "timeout"_a = py::none())
       .def("isend", &Channel::isend, "obj"_a, "tag"_a = 0)
+      .def("send_gather", &Channel::send_gather, "header"_a, "payload"_a, "tag"_a = 0, "timeout"_a = py::none(),
+           "Send header then payload as one message, without joining them first (lf_isend_gather).")
+      .def("isend_gather", &Channel::isend_gather, "header"_a, "payload"_a, "tag"_a = 0)
       .def("irecv", &Channel::irecv, "out"_a, "tag"_a = 0)
       .def("send_buffer", &Channel::send_buffer, "buf"_a, "tag"_a = 0, "timeout"_a = py::none())
       .def("isend_buffer", &Channel::isend_buffer, "buf"_a, "tag"_a = 0)
@@ -302,14 +165,16 @@ PYBIND11_MODULE(_lavaflow, m) {
       .def("__exit__", [](Channel &c, py::args) { c.close(); });
   install_fast_methods(channel);
 
-  py::class_<Context>(m, "Context", "This process's membership of a lavaflow job (lavaflow.init()).")
-      .def_property_readonly("rank", &Context::rank)
+  py::class_<Context> context(m, "Context", "This process's membership of a lavaflow job (lavaflow.init()).");
+  context.def_property_readonly("rank", &Context::rank)
       .def_property_readonly("size", &Context::size)
       .def_property_readonly("finalized", &Context::finalized)
       .def("scope", &Context::scope, "peer"_a)
       .def("scope_explain", &Context::scope_explain, "peer"_a)
       .def("location", &Context::location, "rank"_a, "The rank's location as a JSON string.")
-      .def("barrier", &Context::barrier)
+      .def("barrier", &Context::barrier, "timeout"_a = py::none(),
+           "Wait until every rank entered (GIL released, Ctrl-C raises KeyboardInterrupt; the rank has entered "
+           "the barrier all the same).")
       .def(
           "open",
           [](py::object self, int peer, std::optional<std::string> transports, bool strict,
@@ -317,15 +182,34 @@ PYBIND11_MODULE(_lavaflow, m) {
             return self.cast<Context &>().open(self, peer, std::move(transports), strict, memory_kind, message_bytes);
           },
           "peer"_a, "transports"_a = py::none(), "strict"_a = false, "memory_kind"_a = "host", "message_bytes"_a = 0)
+      .def(
+          "connect",
+          [](py::object self, const std::string &address, const py::object &timeout) {
+            return self.cast<Context &>().connect(self, address, timeout);
+          },
+          "address"_a, "timeout"_a = py::none(),
+          "A channel to the listener at `address` (lf_connect; GIL released). timeout in seconds, None: "
+          "LF_CONNECT_TIMEOUT.")
       .def("alloc", &Context::alloc, "nbytes"_a, "kind"_a = "host-shared", "strict"_a = false)
       .def("progress_thread", &Context::progress_thread, "enable"_a)
       .def("finalize", &Context::finalize)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](Context &c, py::args) { c.finalize(); });
 
+  bind_dial(m, context);
+  bind_rpc(m);
+  bind_coll(context);
+  bind_ingest(m, context);
+  bind_exec(m, context);
+
   m.def("_c_pingpong", &c_pingpong, "channel"_a, "iters"_a, "nbytes"_a, "first"_a,
         "Benchmark reference: the ping-pong in C on this channel; returns seconds.");
   m.def("_c_zero_copy", &c_zero_copy, "context"_a, "channel"_a, "iters"_a, "nbytes"_a, "first"_a,
         "Benchmark reference: the shared-pool zero-copy ping-pong in C; returns seconds.");
+  m.def("_notify_next_wait", &notify_next_wait, "fd"_a,
+        "Tests: the main thread's next wait writes one byte to fd once it is waiting (GIL released).");
+  m.def("_set_passive_waits", &set_passive_waits, "on"_a,
+        "Benchmark: False makes a waiter on a channel another thread drives spin in the library's wait, as "
+        "before (default True: it only looks now and then).");
   m.def("init", &init, "Join the job (mpirun, LF_RANK/LF_SIZE/LF_BOOTSTRAP, or a world of one).");
 }
