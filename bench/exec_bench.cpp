@@ -14,7 +14,8 @@
 //
 //   build/bench/lf-bench-exec [--transport shm|tcp] [--rounds 5] [--iters 20000]
 //
-// The service runs in a forked child pinned to CPU 0, the client on CPU 1.
+// The service runs in a forked child pinned to CPU 0, the client on CPU 1;
+// the floors' far end is a second child on CPU 0, blocked when idle.
 #include <lavaflow/lavaflow.h>
 #include <sched.h>
 #include <signal.h>
@@ -70,29 +71,46 @@ void world_of_one() {
   unsetenv("LF_BOOTSTRAP");
 }
 
-/// The child: an execution service and a raw channel listener (the floors),
-/// until the parent closes the pipe.
-[[noreturn]] void serve(const std::string &kind, int tell_fd, int stop_fd) {
+/// Child 1: the execution service, until the parent closes the pipe.
+[[noreturn]] void serve_exec(const std::string &kind, int tell_fd, int stop_fd) {
   pin(0);
   world_of_one();
   lf_context_t ctx;
   CHECK(lf_init(&ctx));
-  const std::string base = kind == "shm" ? "unix:@lf-bench-exec-" + std::to_string(getpid()) : "tcp://127.0.0.1:0";
+  const std::string addr =
+      kind == "shm" ? "unix:@lf-bench-exec-" + std::to_string(getpid()) : std::string("tcp://127.0.0.1:0");
   lf_exec_server_t s;
-  CHECK(lf_exec_server_start(ctx, (base + (kind == "shm" ? "-x" : "")).c_str(), &s));
+  CHECK(lf_exec_server_start(ctx, addr.c_str(), &s));
   CHECK(lf_exec_server_register(s, "spin", spin, nullptr));
-  lf_listener_t l;
-  CHECK(lf_listen(ctx, (base + (kind == "shm" ? "-r" : "")).c_str(), &l));
-  char a[256], b[256];
+  char a[256];
   CHECK(lf_exec_server_address(s, a, sizeof a));
+  const std::string line = std::string(a) + "\n";
+  if (write(tell_fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
+  char c;
+  (void)!read(stop_fd, &c, 1);  // EOF: the parent is done
+  lf_exec_server_stop(s);
+  _exit(0);
+}
+
+/// Child 2, on the service's CPU: the floors over a channel of the same
+/// kind. 8-byte pings are echoed (tag 1); a size on tag 2 is answered by one
+/// message of that size (tag 3). A process of its own, blocked in
+/// lf_waitany, so that it takes nothing from the service.
+[[noreturn]] void serve_floor(const std::string &kind, int tell_fd) {
+  pin(0);
+  world_of_one();
+  lf_context_t ctx;
+  CHECK(lf_init(&ctx));
+  const std::string addr =
+      kind == "shm" ? "unix:@lf-bench-floor-" + std::to_string(getpid()) : std::string("tcp://127.0.0.1:0");
+  lf_listener_t l;
+  CHECK(lf_listen(ctx, addr.c_str(), &l));
+  char b[256];
   CHECK(lf_listener_address(l, b, sizeof b));
-  std::string both = std::string(a) + "\n" + b + "\n";
-  if (write(tell_fd, both.data(), both.size()) != static_cast<ssize_t>(both.size())) _exit(1);
+  const std::string line = std::string(b) + "\n";
+  if (write(tell_fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
   lf_channel_t ch;
   CHECK(lf_accept(l, 30000, &ch));
-  // Raw floor: echo 8-byte pings (tag 1); on tag 2 a size, answered by one
-  // message of that size (tag 3). The loop blocks in lf_waitany: a spinning
-  // floor server would steal the core the service's threads run on.
   std::vector<char> big;
   uint64_t x = 0, want = 0;
   lf_request_t rq[2];
@@ -100,7 +118,7 @@ void world_of_one() {
   CHECK(lf_irecv(ch, &want, sizeof want, 2, &rq[1]));
   for (;;) {
     size_t i = 0;
-    if (lf_waitany(rq, 2, &i, nullptr) != LF_OK) break;  // the client left
+    if (lf_waitany(rq, 2, &i, nullptr) != LF_OK) _exit(0);  // the client left
     if (i == 0) {
       CHECK(lf_send(ch, &x, sizeof x, 1));
       CHECK(lf_irecv(ch, &x, sizeof x, 1, &rq[0]));
@@ -110,10 +128,13 @@ void world_of_one() {
       CHECK(lf_irecv(ch, &want, sizeof want, 2, &rq[1]));
     }
   }
+}
+
+std::string read_line(int fd) {
+  std::string s;
   char c;
-  (void)!read(stop_fd, &c, 1);  // the parent is done
-  lf_exec_server_stop(s);
-  _exit(0);
+  while (read(fd, &c, 1) == 1 && c != '\n') s += c;
+  return s;
 }
 
 }  // namespace
@@ -146,19 +167,22 @@ int main(int argc, char **argv) {
   if (kind == "tcp" && !getenv("LF_EXEC_TOKEN")) setenv("LF_EXEC_TOKEN", "lf-bench-exec", 1);
   int tell[2], stop[2];
   if (pipe(tell) || pipe(stop)) return 1;
-  const pid_t child = fork();
-  if (child == 0) {
+  const pid_t service = fork();
+  if (service == 0) {
     close(tell[0]);
     close(stop[1]);
-    serve(kind, tell[1], stop[0]);
+    serve_exec(kind, tell[1], stop[0]);
+  }
+  const std::string exec_addr = read_line(tell[0]);
+  const pid_t floor = fork();
+  if (floor == 0) {
+    close(tell[0]);
+    close(stop[1]);
+    serve_floor(kind, tell[1]);
   }
   close(tell[1]);
   close(stop[0]);
-  std::string addrs;
-  char c;
-  while (std::count(addrs.begin(), addrs.end(), '\n') < 2 && read(tell[0], &c, 1) == 1) addrs += c;
-  const std::string exec_addr = addrs.substr(0, addrs.find('\n'));
-  const std::string raw_addr = addrs.substr(addrs.find('\n') + 1, addrs.rfind('\n') - addrs.find('\n') - 1);
+  const std::string raw_addr = read_line(tell[0]);
   pin(1);
   world_of_one();
   lf_context_t ctx;
@@ -316,11 +340,12 @@ int main(int argc, char **argv) {
   for (lf_buffer_t b : inputs) lf_free(b);
   lf_plan_destroy(empty);
   lf_plan_destroy(spinning);
-  lf_channel_close(raw);  // ends the floor server's loop
+  lf_channel_close(raw);  // ends the floor server
   lf_exec_disconnect(cl);
   close(stop[1]);
   int status;
-  waitpid(child, &status, 0);
+  waitpid(service, &status, 0);
+  waitpid(floor, &status, 0);
   lf_finalize(ctx);
   return 0;
 }

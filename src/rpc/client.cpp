@@ -42,8 +42,11 @@ lf_status_t Client::call(Request &r, const char *method, const void *header, siz
 }
 
 lf_status_t Client::wait(Request &r, int64_t timeout_ms) noexcept {
-  const Clock::time_point end = deadline_in(timeout_ms);
-  for (;;) {
+  // 0 is a test: one look (and one round of receiving, if no other thread
+  // is at it), then LF_IN_PROGRESS.
+  const Clock::time_point end =
+      timeout_ms < 0 ? Clock::time_point::max() : Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (bool looked = false;; looked = true) {
     lf_status_t st = r.status.load(std::memory_order_acquire);
     if (st != LF_IN_PROGRESS) {
       if (st < 0) return fail(st, "%s", r.error.c_str());
@@ -56,12 +59,13 @@ lf_status_t Client::wait(Request &r, int64_t timeout_ms) noexcept {
         complete_locked(r, LF_ERR_TIMEOUT, "rpc: no answer by the call's deadline");
       continue;
     }
-    if (timeout_ms >= 0 && now >= end) return LF_IN_PROGRESS;
+    if (looked && now >= end) return LF_IN_PROGRESS;
     const Clock::time_point until = std::min(end, r.give_up);
     int64_t slice = 10;
     if (until != Clock::time_point::max())
-      slice = std::min<int64_t>(slice, std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count());
-    if (!drive(slice)) {
+      slice = std::max<int64_t>(
+          0, std::min<int64_t>(slice, std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()));
+    if (!drive(slice) && slice > 0) {
       std::unique_lock l(mu_);
       progressed_.wait_for(l, std::chrono::milliseconds(1),
                            [&] { return r.status.load(std::memory_order_relaxed) != LF_IN_PROGRESS; });

@@ -13,25 +13,11 @@
 #include <string>
 
 #include "multiprocess.hpp"
+#include "own_world.hpp"
 
 using namespace lftest;
 
 namespace {
-
-/// Make this child a world of one (the harness started it as a rank).
-lf_context_t own_world(Rank &r, const char *token) {
-  unsetenv("LF_BOOTSTRAP");
-  unsetenv("LF_BOOTSTRAP_MODE");
-  setenv("LF_SIZE", "1", 1);
-  setenv("LF_RANK", "0", 1);
-  if (token)
-    setenv("LF_EXEC_TOKEN", token, 1);
-  else
-    unsetenv("LF_EXEC_TOKEN");
-  lf_context_t ctx;
-  REQUIRE_OK(r, lf_init(&ctx));
-  return ctx;
-}
 
 void send_text(const Rank &r, const std::string &s) {
   uint32_t n = static_cast<uint32_t>(s.size());

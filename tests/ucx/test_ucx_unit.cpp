@@ -269,6 +269,26 @@ TEST(UcxEndpoint, MalformedHeaderIsAProtocolError) {
   EXPECT_NE(st.error().message.find("unknown type"), std::string::npos) << st.error().message;
 }
 
+TEST(UcxEndpoint, AMessageWithoutTheJobsTokenIsDroppedAndTheChannelLives) {
+  Pair p;
+  if (!p.skip.empty()) GTEST_SKIP() << p.skip;
+  p.a->set_token(0x5eed), p.b->set_token(0x5eed);
+  unsigned char forged[kHeaderSize], real[kHeaderSize];
+  encode_header(Header{MsgType::data, 0, 0, 0, 1, 0xbad}, forged);  // right route, wrong token
+  encode_header(Header{MsgType::data, 0, 0, 0, 2, 0x5eed}, real);
+  const uint64_t payload = 42;
+  p.raw_send(forged, sizeof forged, &payload, sizeof payload);
+  p.raw_send(real, sizeof real, &payload, sizeof payload);
+  FakeMatcher m;
+  auto st = p.drive(m, [&] { return !m.unexpected.empty(); });
+  ASSERT_TRUE(st) << st.error().message;
+  ASSERT_EQ(m.unexpected.size(), 1u);
+  EXPECT_EQ(m.unexpected.front()->tag(), 2u) << "the forged message was taken";
+  Error stray = p.b->take_stray_error();
+  EXPECT_EQ(stray.code, LF_ERR_PROTOCOL);
+  EXPECT_NE(stray.message.find("token"), std::string::npos) << stray.message;
+}
+
 TEST(UcxEndpoint, RepeatedSequenceNumberIsAProtocolError) {
   Pair p;
   if (!p.skip.empty()) GTEST_SKIP() << p.skip;

@@ -177,7 +177,8 @@ void UcxEndpoint::send(SendOp &op) noexcept {
   if (!s) return fail_op(op, make_error(LF_ERR_NO_MEMORY, "ucx: no memory to send"));
   s->conn = conn_;
   s->op = &op;
-  encode_header(Header{MsgType::data, static_cast<uint32_t>(w_.rank()), c.channel, c.send_seq++, op.tag}, s->header);
+  encode_header(Header{MsgType::data, static_cast<uint32_t>(w_.rank()), c.channel, c.send_seq++, op.tag, w_.token()},
+                s->header);
   ucp_request_param_t prm{};
   prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   prm.cb.send = &on_sent;
@@ -276,7 +277,8 @@ void UcxEndpoint::send_bye() noexcept {
   auto *s = new (std::nothrow) SendSlot;
   if (!s) return;  // the peer sees the close as its keepalive's error instead
   s->conn = conn_;
-  encode_header(Header{MsgType::bye, static_cast<uint32_t>(w_.rank()), c.channel, c.send_seq++, 0}, s->header);
+  encode_header(Header{MsgType::bye, static_cast<uint32_t>(w_.rank()), c.channel, c.send_seq++, 0, w_.token()},
+                s->header);
   ucp_request_param_t prm{};
   prm.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   prm.cb.send = &on_sent;

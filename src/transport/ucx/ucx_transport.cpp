@@ -17,9 +17,11 @@
 // LF_TRANSPORTS asks for it.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 #include "core/config.hpp"
+#include "core/job_key.hpp"
 #include "core/log.hpp"
 #include "transport/filter.hpp"
 #include "transport/transport.hpp"
@@ -29,6 +31,19 @@
 namespace lf {
 
 namespace {
+
+/// The token every active message of this job carries (ucx_wire.hpp): an
+/// HMAC of a fixed label under the job key, the same on every rank.
+uint64_t job_token(World &world) {
+  JobKey key = world.bootstrap().job_key();
+  if (!key.set())
+    if (auto k = JobKey::from_environment()) key = std::move(*k);
+  static constexpr char kLabel[] = "lavaflow ucx active messages v2";
+  const JobKey::Proof p = key.prove({reinterpret_cast<const uint8_t *>(kLabel), sizeof kLabel - 1});
+  uint64_t t;
+  std::memcpy(&t, p.data(), sizeof t);
+  return t;
+}
 
 using ucx::Lanes;
 using ucx::Worker;
@@ -148,6 +163,7 @@ class UcxTransport final : public Transport {
     auto w = ensure_worker();
     if (!w) return std::unexpected(w.error());
     (*w)->set_world(world.rank(), world.size());
+    (*w)->set_token(job_token(world));
     world_ = &world;
     LF_LOG(debug, "ucx: rank %d lanes %s", world.rank(), (*w)->lanes().text().c_str());
     return "lanes=" + (*w)->lanes().text() + ";addr=" + to_hex((*w)->address());

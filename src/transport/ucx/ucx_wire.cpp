@@ -33,6 +33,7 @@ void encode_header(const Header &h, unsigned char *out) noexcept {
   put32(out + 12, h.channel);
   put64(out + 16, h.seq);
   put64(out + 24, h.tag);
+  put64(out + 32, h.token);
 }
 
 const char *decode_header(const void *p, size_t n, size_t payload, uint32_t world_size, Header *h) noexcept {
@@ -51,6 +52,7 @@ const char *decode_header(const void *p, size_t n, size_t payload, uint32_t worl
   out.channel = get32(b + 12);
   out.seq = get64(b + 16);
   out.tag = get64(b + 24);
+  out.token = get64(b + 32);
   if (out.type == MsgType::bye && (payload != 0 || out.tag != 0)) return "close message with data or a tag";
   *h = out;
   return nullptr;

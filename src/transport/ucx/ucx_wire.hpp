@@ -1,13 +1,19 @@
 // The ucx transport's wire format: the header of each active message.
 //
 // Every message between two channels is one UCX active message (id kAmId)
-// whose header is these 32 bytes (little-endian) and whose data is the
+// whose header is these 40 bytes (little-endian) and whose data is the
 // payload:
 //
 //   0  u32 magic "LFU" + version      16  u64 sequence (per channel and direction, from 0)
 //   4  u8  type (data, bye), 3 zeros  24  u64 tag (data; 0 for bye)
-//   8  u32 sender's rank
+//   8  u32 sender's rank              32  u64 job token
 //  12  u32 channel index (the n-th channel between the two ranks)
+//
+// The job token is derived from the job key (job_token()): a process that
+// can reach a worker's address but does not hold the key cannot make up a
+// message the worker takes. It is the same for the whole job and travels in
+// clear, so it keeps out strangers, not someone who can read the traffic
+// (UCX over tcp is not encrypted; see docs/threading-and-security.md).
 //
 // lavaflow's 64-bit tags do not fit in a UCX tag next to a source and a
 // channel id, hence active messages; the sequence number restores the send
@@ -24,8 +30,8 @@
 namespace lf::ucx {
 
 constexpr unsigned kAmId = 7;
-constexpr size_t kHeaderSize = 32;
-constexpr uint32_t kMagic = 0x55464c01;  // "\x01LFU" read little-endian: version 1
+constexpr size_t kHeaderSize = 40;
+constexpr uint32_t kMagic = 0x55464c02;  // "\x02LFU" read little-endian: version 2
 /// How far ahead of the next expected sequence number a message may be
 /// before the gap is a protocol error rather than reordering.
 constexpr uint64_t kMaxReorder = uint64_t{1} << 16;
@@ -38,6 +44,7 @@ struct Header {
   uint32_t channel = 0;
   uint64_t seq = 0;
   uint64_t tag = 0;
+  uint64_t token = 0;
 };
 
 /// Write `h` as kHeaderSize bytes at `out`.

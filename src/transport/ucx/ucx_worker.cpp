@@ -301,6 +301,14 @@ ucs_status_t Worker::on_am(void *arg, const void *header, size_t header_length, 
     }
     return UCS_OK;  // UCX drops the message (for a rendezvous: without fetching it)
   }
+  if (h.token != w->token_) {
+    // Not from this job: dropped without touching the channel it names, so
+    // that a stranger cannot break a channel by making up a message.
+    LF_LOG(warn, "ucx: dropped an active message without this job's token (claims rank %u, channel %u)", h.rank,
+           h.channel);
+    if (w->stray_.code == LF_OK) w->stray_ = make_error(LF_ERR_PROTOCOL, "ucx: a message without this job's token");
+    return UCS_OK;
+  }
   Arrival a;
   a.type = h.type;
   a.seq = h.seq;

@@ -145,6 +145,9 @@ class Worker : public std::enable_shared_from_this<Worker> {
 
   /// Where this worker sits: set once by Transport::start.
   void set_world(int rank, int size) noexcept { rank_ = rank, size_ = size; }
+  /// The job token every message carries (ucx_wire.hpp); messages without it are dropped.
+  void set_token(uint64_t t) noexcept { token_ = t; }
+  uint64_t token() const noexcept { return token_; }
   int rank() const noexcept { return rank_; }
 
   /// Drive UCX until it has nothing more to do right now (bounded). Under mu.
@@ -185,6 +188,7 @@ class Worker : public std::enable_shared_from_this<Worker> {
   std::string address_;
   int rank_ = 0;
   int size_ = 1;
+  uint64_t token_ = 0;
   size_t undelivered_ = 0;
   std::map<std::pair<int, uint32_t>, Conn *> conns_;
   std::map<std::pair<int, uint32_t>, std::vector<std::pair<Header, Arrival>>> early_;
