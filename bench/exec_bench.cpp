@@ -53,7 +53,6 @@ double pct(std::vector<double> v, double q) {
 double median(std::vector<double> v) { return pct(std::move(v), 0.5); }
 
 void pin(int cpu) {
-  if (getenv("LF_BENCH_NOPIN")) return;
   cpu_set_t s;
   CPU_ZERO(&s);
   CPU_SET(cpu % static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)), &s);

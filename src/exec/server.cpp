@@ -142,10 +142,13 @@ Status Service::register_op(const std::string &name, lf_exec_op_fn fn, void *use
   }
 }
 
-const OpDef *Service::lookup(const std::string &name) {
+std::unordered_map<std::string, OpDef> Service::ops_of(const PlanWire &p) {
+  // A copy: an op re-registered while the job runs changes later jobs only.
+  std::unordered_map<std::string, OpDef> defs;
   std::shared_lock g(ops_mu_);
-  auto it = ops_.find(name);
-  return it == ops_.end() ? nullptr : &it->second;  // entries are never erased
+  for (const PlanOp &op : p.ops)
+    if (auto it = ops_.find(op.op); it != ops_.end()) defs.emplace(op.op, it->second);
+  return defs;
 }
 
 Status Service::add_client(lf_channel_t ch) noexcept {
@@ -315,8 +318,13 @@ lf_status_t Service::run(const rpc::Call &rc, Client &cl, const PlanWire &p, Run
   };
   Validated v;
   std::unordered_map<std::string, Resident> have;  // every tensor of the job so far
+  const std::unordered_map<std::string, OpDef> defs = ops_of(p);
+  auto lookup = [&defs](const std::string &n) -> const OpDef * {
+    auto it = defs.find(n);
+    return it == defs.end() ? nullptr : &it->second;
+  };
   const std::string bad = validate(
-      p, [&](const std::string &n) { return lookup(n); },
+      p, lookup,
       [&](const PlanInput &in) -> std::optional<Shape> {
         std::lock_guard g(cl.mu);
         auto j = cl.jobs.find(in.job);

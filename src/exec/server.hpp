@@ -104,7 +104,8 @@ class Service {
   lf_status_t run(const rpc::Call &rc, Client &cl, const PlanWire &p, RunResult &result, std::string &why);
   /// Upload `id` once every byte of it arrived (or why not).
   Result<std::shared_ptr<Tensor>> wait_upload(Client &cl, uint64_t id, const rpc::Call &rc);
-  const OpDef *lookup(const std::string &name);
+  /// The definitions of the ops plan `p` names (unknown ones left out).
+  std::unordered_map<std::string, OpDef> ops_of(const PlanWire &p);
 
   lf_context_t ctx_ = nullptr;
   lf_pool_t pool_ = nullptr;
