@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
   (void)lf_finalize(cctx);
   (*ch)->close();
   ep->reset();
-  (void)(*ctx)->bootstrap().barrier();
+  (void)(*ctx)->bootstrap().barrier({});
   if (child > 0) waitpid(child, nullptr, 0);
   return 0;
 }

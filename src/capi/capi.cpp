@@ -138,7 +138,8 @@ LF_API lf_status_t lf_barrier(lf_context_t h) {
   return guard([&]() -> lf_status_t {
     std::shared_ptr<Context> ctx = context_of(h);
     if (!ctx) return h ? LF_ERR_CLOSED : LF_ERR_INVALID_ARG;
-    if (auto st = ctx->bootstrap().barrier(); !st) return fail(st.error());
+    // The context's channels keep answering their peers while it waits.
+    if (auto st = ctx->bootstrap().barrier([&] { ctx->progress_all(); }); !st) return fail(st.error());
     return LF_OK;
   });
 }

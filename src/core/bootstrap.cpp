@@ -29,7 +29,7 @@ class SingleBootstrap final : public Bootstrap {
   int size() const noexcept override { return 1; }
   const char *name() const noexcept override { return "single"; }
   Result<std::vector<std::string>> allgather(const std::string &mine) override { return std::vector{mine}; }
-  Status barrier() override { return {}; }
+  Status barrier(const Idle &) override { return {}; }
 };
 
 namespace wire = bootstrap_wire;
@@ -55,13 +55,15 @@ Status check_peer_user(int fd, const char *who) {
 }
 
 /// Wait without a time limit until `fd` has something to read (data or a
-/// hang-up): the entry of a barrier, which waits for the slowest rank.
-Status wait_readable(int fd) {
+/// hang-up): the entry of a barrier, which waits for the slowest rank,
+/// calling `idle` (when set) every millisecond meanwhile.
+Status wait_readable(int fd, const Bootstrap::Idle &idle) {
   for (;;) {
     pollfd p{fd, POLLIN, 0};
-    int rc = ::poll(&p, 1, -1);
+    int rc = ::poll(&p, 1, idle ? 1 : -1);
     if (rc > 0) return {};
     if (rc < 0 && errno != EINTR) return std::unexpected(sys_error(errno, "poll"));
+    if (rc == 0) idle();
   }
 }
 
@@ -81,10 +83,11 @@ class RendezvousBootstrap final : public Bootstrap {
 
   Status start(const SockAddr &addr) { return rank_ == 0 ? serve(addr) : join(addr); }
 
-  Result<std::vector<std::string>> allgather(const std::string &mine) override { return gather(mine, false); }
+  Result<std::vector<std::string>> allgather(const std::string &mine) override { return gather(mine, nullptr); }
 
-  Status barrier() override {
-    auto r = gather({}, true);
+  Status barrier(const Idle &idle) override {
+    static const Idle none;
+    auto r = gather({}, idle ? &idle : &none);
     if (!r) return std::unexpected(r.error());
     return {};
   }
@@ -323,19 +326,21 @@ class RendezvousBootstrap final : public Bootstrap {
 
   // ---- collectives -----------------------------------------------------------
 
-  /// A record from an admitted rank. In a barrier the wait for its first
-  /// byte has no limit (a barrier waits for the slowest rank, and only
-  /// ranks that proved the key are connected); the rest of it, and every
-  /// allgather record, must arrive within LF_BOOTSTRAP_TIMEOUT.
-  Result<std::string> recv_record(int fd, Deadline deadline, bool unbounded_entry, uint64_t max) {
-    if (unbounded_entry) {
-      if (auto st = wait_readable(fd); !st) return std::unexpected(st.error());
+  /// A record from an admitted rank. In a barrier (`barrier_idle` set) the
+  /// wait for its first byte has no limit (a barrier waits for the slowest
+  /// rank, and only ranks that proved the key are connected); the rest of
+  /// it, and every allgather record, must arrive within LF_BOOTSTRAP_TIMEOUT.
+  Result<std::string> recv_record(int fd, Deadline deadline, const Idle *barrier_idle, uint64_t max) {
+    if (barrier_idle) {
+      if (auto st = wait_readable(fd, *barrier_idle); !st) return std::unexpected(st.error());
       deadline = deadline_in(timeout_s_);
     }
     return recv_msg(fd, deadline, max);
   }
 
-  Result<std::vector<std::string>> gather(const std::string &mine, bool barrier) {
+  /// The allgather, or with `barrier` set the barrier that calls it while
+  /// it waits.
+  Result<std::vector<std::string>> gather(const std::string &mine, const Idle *barrier) {
     if (mine.size() > wire::kMaxRecord)
       return LF_FAIL(LF_ERR_INVALID_ARG, "bootstrap: a record of %zu bytes exceeds the %llu-byte limit", mine.size(),
                      static_cast<unsigned long long>(wire::kMaxRecord));

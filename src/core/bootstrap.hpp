@@ -3,6 +3,7 @@
 // context uses to exchange locations and transport addresses.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,7 +22,14 @@ class Bootstrap {
   virtual const char *name() const noexcept = 0;
   /// Every rank contributes `mine`; returns every rank's contribution by rank.
   virtual Result<std::vector<std::string>> allgather(const std::string &mine) = 0;
-  virtual Status barrier() = 0;
+  /// Called every millisecond or so while a barrier waits for the slowest
+  /// rank (may be empty), so that the caller keeps its channels answering
+  /// their peers meanwhile: a transport that acknowledges only when polled
+  /// (dpdk) would otherwise leave a peer, whose last acknowledgement was
+  /// lost, retransmitting to a rank that sits in the barrier until it gives
+  /// the rank up for gone.
+  using Idle = std::function<void()>;
+  virtual Status barrier(const Idle &idle) = 0;
   /// The job's key (unset when the job is unauthenticated). Every
   /// connection a transport accepts or makes proves it (core/job_key.hpp).
   const JobKey &job_key() const noexcept { return key_; }

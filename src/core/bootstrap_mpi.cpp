@@ -86,10 +86,23 @@ Result<std::vector<std::string>> MpiBootstrap::allgather(const std::string &mine
   return out;
 }
 
-Status MpiBootstrap::barrier() {
-  int rc = MPI_Barrier(comm_);
-  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Barrier"));
-  return {};
+Status MpiBootstrap::barrier(const Idle &idle) {
+  if (!idle) {
+    int rc = MPI_Barrier(comm_);
+    if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Barrier"));
+    return {};
+  }
+  // MPI_Barrier polls too, but only MPI: this one lets `idle` poll the rest.
+  MPI_Request req;
+  int rc = MPI_Ibarrier(comm_, &req);
+  if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Ibarrier"));
+  for (;;) {
+    int done = 0;
+    rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return std::unexpected(mpi_error(rc, "MPI_Test"));
+    if (done) return {};
+    idle();
+  }
 }
 
 }  // namespace lf

@@ -17,7 +17,7 @@ class MpiBootstrap final : public Bootstrap {
   int size() const noexcept override { return size_; }
   const char *name() const noexcept override { return "mpi"; }
   Result<std::vector<std::string>> allgather(const std::string &mine) override;
-  Status barrier() override;
+  Status barrier(const Idle &idle) override;
 
   /// lavaflow's own duplicate of MPI_COMM_WORLD: its tags never collide with
   /// the application's.

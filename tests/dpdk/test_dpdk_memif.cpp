@@ -5,6 +5,7 @@
 //  - a checksummed stream of mixed sizes, also with a credit of 8 frames and
 //    a pool of 1023 mbufs, where flow control, not the wire, sets the pace,
 //    and through 1% loss, 1% duplication and 2% reordering (LF_DPDK_FAULTS);
+//  - a rank in lf_barrier still acknowledges what its peer sends;
 //  - three ranks, every pair over its own memif port;
 //  - selection: dpdk only when asked for, never silently.
 #include <lavaflow/lavaflow.h>
@@ -164,6 +165,34 @@ TEST_F(DpdkMemif, MalformedFaultSettingIsAClearError) {
     lf_channel_t ch = nullptr;
     REQUIRE_ST(r, LF_ERR_UNAVAILABLE, lf_channel_open(ctx, 1 - r.rank, &ch));
     REQUIRE(r, std::strstr(lf_last_error(), "dpdk"), "error: %s", lf_last_error());
+    REQUIRE_OK(r, lf_finalize(ctx));
+  });
+}
+
+// dpdk acknowledges only when polled, so a rank sitting in lf_barrier must
+// still poll: rank 1 enters the barrier without ever polling its channel,
+// and rank 0 enters it only once its send is acknowledged. Without the
+// polling rank 0 gives rank 1 up for gone after LF_DPDK_PEER_TIMEOUT.
+TEST_F(DpdkMemif, ARankInTheBarrierStillAcknowledges) {
+  env.push_back({"LF_DPDK_PEER_TIMEOUT", "5"});
+  run(2, [](Rank &r) {
+    lf_context_t ctx;
+    REQUIRE_OK(r, lf_init(&ctx));
+    lf_channel_t ch = open_dpdk(r, ctx, 1 - r.rank);
+    uint64_t v = 42;
+    if (r.rank == 0) {
+      lf_request_t s;
+      REQUIRE_OK(r, lf_isend(ch, &v, sizeof v, 1, &s));
+      wait_ok(r, s);
+      REQUIRE_OK(r, lf_barrier(ctx));
+    } else {
+      REQUIRE_OK(r, lf_barrier(ctx));
+      v = 0;
+      REQUIRE_OK(r, lf_recv(ch, &v, sizeof v, 1, nullptr));
+      REQUIRE(r, v == 42, "received %" PRIu64, v);
+    }
+    REQUIRE_OK(r, lf_barrier(ctx));
+    REQUIRE_OK(r, lf_channel_close(ch));
     REQUIRE_OK(r, lf_finalize(ctx));
   });
 }
