@@ -423,8 +423,12 @@ lf_status_t lf_recv(lf_channel_t ch, void *data, size_t capacity, uint64_t tag, 
  * fails, e.g. for a closed channel or LF_ANY_TAG, it stays the caller's). When `buf` comes from
  * the shared pool and the channel uses shared memory, only a descriptor is
  * sent; the receiver's view refers to the same physical memory, and when the
- * receiver frees its view the memory returns to this process's pool. Other
- * buffers and transports copy, then release `buf` when the send completes.
+ * receiver frees its view the memory returns to this process's pool. A view
+ * may outlive the channel on either side: memory still lent when the
+ * channel closes stays out of the pool (counted in use by lf_pool_stats)
+ * until the receiving process exits, since its view can no longer say when
+ * it is done. Other buffers and transports copy, then release `buf` when the
+ * send completes.
  */
 lf_status_t lf_isend_buffer(lf_channel_t ch, lf_buffer_t buf, uint64_t tag, lf_request_t *req);
 

@@ -12,6 +12,7 @@
 #include "core/config.hpp"
 #include "core/log.hpp"
 #include "memory/kinds.hpp"
+#include "memory/peer_hold.hpp"
 
 namespace lf {
 namespace detail {
@@ -154,6 +155,7 @@ ShmArena::ShmArena(size_t segment_size) noexcept : segment_size_(segment_size) {
 ShmArena::~ShmArena() = default;
 
 Result<BufferPtr> ShmArena::carve(size_t size, size_t align) noexcept {
+  (void)sweep_held_blocks();  // what a dead peer held may serve this (before mu_: returns take it)
   try {
     std::lock_guard lock(mu_);
     if (size <= segment_size_) {
@@ -388,6 +390,7 @@ Result<BufferPtr> Pool::acquire(size_t bytes) noexcept {
 }
 
 PoolStats Pool::stats() const noexcept {
+  (void)sweep_held_blocks();  // blocks a peer that has exited held are in use no longer
   const detail::PoolCore &core = *core_;
   PoolStats s;
   for (uint32_t i = 0; i <= core.nclasses; ++i) {

@@ -262,17 +262,6 @@ TEST_F(ShmChannel, ZeroCopyRoundTripReturnsBufferToPool) {
       REQUIRE_OK(r, lf_pool_stats(pool, &st));
       REQUIRE(r, st.in_use_buffers == 0, "plain receive did not release: in use %llu",
               static_cast<unsigned long long>(st.in_use_buffers));
-      // A view that outlives the receiver's channel.
-      REQUIRE_OK(r, lf_pool_acquire(pool, 8192, &b));
-      fill(lf_buffer_data(b), 8192, 88);
-      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, 15, &req));
-      REQUIRE_OK(r, lf_wait(req, nullptr));
-      REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, 12, nullptr));  // the receiver closed after this
-      REQUIRE_OK(r, lf_channel_close(c.ch));
-      c.ch = nullptr;
-      REQUIRE_OK(r, lf_pool_stats(pool, &st));
-      REQUIRE(r, st.in_use_buffers == 0, "closing the channel must return buffers still lent: in use %llu",
-              static_cast<unsigned long long>(st.in_use_buffers));
     } else {
       for (size_t n : sizes) {
         lf_request_t req;
@@ -293,19 +282,71 @@ TEST_F(ShmChannel, ZeroCopyRoundTripReturnsBufferToPool) {
       REQUIRE_OK(r, lf_recv(c.ch, copy.data(), copy.size(), 14, &got));
       REQUIRE(r, got == 70000 && mismatch(copy.data(), got, 77) == SIZE_MAX, "plain receive of a zero-copy message");
       REQUIRE_OK(r, lf_send(c.ch, "k", 1, 12));
+    }
+    close_all(r, c);
+  });
+  expect_all_ok();
+}
+
+// A view outlives both ends of the channel that lent it: the sender closes
+// its channel (and frees its handle) while the receiver still reads the
+// view, so no release can come back. The block stays out of the sender's
+// pool, neither reused nor punched, until the receiver's process exits.
+// The parent orders the steps: the sender's close, the receiver's check and
+// exit, then the sender's look at its pool.
+TEST_F(ShmChannel, ZeroCopyViewOutlivesTheSendersClose) {
+  spawn(2, [](Rank &r) {
+    Conn c = open_shm(r, 1 - r.rank);
+    lf_pool_t pool;
+    REQUIRE_OK(r, lf_shared_pool(c.ctx, &pool));
+    constexpr size_t kBytes = 3 * 4096;  // whole pages, which a return would punch
+    if (r.rank == 0) {
+      lf_buffer_t b;
+      REQUIRE_OK(r, lf_pool_acquire(pool, kBytes, &b));
+      fill(lf_buffer_data(b), kBytes, 88);
+      lf_request_t req;
+      REQUIRE_OK(r, lf_isend_buffer(c.ch, b, 15, &req));
+      REQUIRE_OK(r, lf_wait(req, nullptr));
+      char ack;
+      REQUIRE_OK(r, lf_recv(c.ch, &ack, 1, 12, nullptr));  // the receiver holds its view
+      REQUIRE_OK(r, lf_channel_close(c.ch));
+      c.ch = nullptr;
+      // Blocks of the same size would be carved from the same range if the
+      // lent one had gone back: write over them.
+      lf_buffer_t more[4];
+      for (lf_buffer_t &m : more) {
+        REQUIRE_OK(r, lf_pool_acquire(pool, kBytes, &m));
+        std::memset(lf_buffer_data(m), 0x5a, kBytes);
+      }
+      for (lf_buffer_t m : more) REQUIRE_OK(r, lf_free(m));
+      lf_pool_stats_t st = LF_POOL_STATS_INIT;
+      REQUIRE_OK(r, lf_pool_stats(pool, &st));
+      REQUIRE(r, st.in_use_buffers == 1, "the lent block is held for the receiver: in use %llu",
+              static_cast<unsigned long long>(st.in_use_buffers));
+      r.signal('c');
+      REQUIRE(r, r.await() == 'x', "parent");  // the receiver has exited
+      REQUIRE_OK(r, lf_pool_stats(pool, &st));
+      REQUIRE(r, st.in_use_buffers == 0, "the receiver exited, so its block is free: in use %llu",
+              static_cast<unsigned long long>(st.in_use_buffers));
+    } else {
       lf_request_t req;
       REQUIRE_OK(r, lf_irecv_buffer(c.ch, 15, &req));
       lf_buffer_t view;
       REQUIRE_OK(r, lf_wait_buffer(req, &view, nullptr));
       REQUIRE_OK(r, lf_send(c.ch, "k", 1, 12));
+      REQUIRE(r, r.await() == 'c', "parent");  // the sender has closed
       REQUIRE_OK(r, lf_channel_close(c.ch));
       c.ch = nullptr;
-      // The mapping lives on with the view; its release is simply dropped.
-      REQUIRE(r, mismatch(lf_buffer_data(view), 8192, 88) == SIZE_MAX, "view unreadable after close");
+      REQUIRE(r, mismatch(lf_buffer_data(view), kBytes, 88) == SIZE_MAX, "view changed after the sender's close at %zu",
+              mismatch(lf_buffer_data(view), kBytes, 88));
       REQUIRE_OK(r, lf_free(view));
     }
     close_all(r, c);
   });
+  ASSERT_EQ(await(0), 'c');
+  signal(1, 'c');
+  reap(1);
+  signal(0, 'x');
   expect_all_ok();
 }
 

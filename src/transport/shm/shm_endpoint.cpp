@@ -67,6 +67,7 @@ class ShmEndpoint final : public Endpoint {
         hup_every_(std::max(1, t.hup_every)) {}
 
   ~ShmEndpoint() override {
+    if (!link_.failed() && ctl_ready()) (void)drain_control();  // releases already published
     fail_held(make_error(LF_ERR_CLOSED, "channel was closed"));
     ctl_tx_->close();
   }
@@ -99,6 +100,9 @@ class ShmEndpoint final : public Endpoint {
       check_socket();
     }
     if (link_.peer_gone.load(std::memory_order_relaxed) && !rx_.has_message()) {
+      // Releases the peer published before it hung up return their blocks
+      // now; those missed here would stay held until the peer exits.
+      if (ctl_ready() && !drain_control()) return broke();
       fail_held(make_error(LF_ERR_PEER_GONE, "shm: rank %d closed the connection or exited", link_.peer()));
       return std::unexpected(*link_.failed());
     }

@@ -5,6 +5,7 @@
 
 #include "memory/allocator.hpp"
 #include "memory/device_copy.hpp"
+#include "memory/peer_hold.hpp"
 #include "transport/shm/device_lane.hpp"
 
 namespace lf::shm {
@@ -72,10 +73,12 @@ const char *InflightTable::complete(const Decoded &d, int peer_rank) noexcept {
   return nullptr;
 }
 
-void InflightTable::fail_all(const Error &e) noexcept {
+void InflightTable::fail_all(const Error &e, pid_t peer_pid) noexcept {
   for (Entry &f : entries_) {
     if (f.op) fail_op(*f.op, e);
     f.op = nullptr;
+    // No release can come now, but the peer's view may outlive the channel.
+    if (f.live && f.buf) hold_until_exit(std::move(f.buf), peer_pid);
     f.buf.reset();
     f.live = false;
   }
@@ -144,7 +147,7 @@ void Sender::fail_all(const Error &e) noexcept {
   txq_.clear();
   tx_stream_off_ = 0;
   tx_resuming_ = false;
-  inflight_.fail_all(e);
+  inflight_.fail_all(e, link_.conn.peer_pid);
   for (auto &kv : parked_) fail_op(*kv.second, e);
   parked_.clear();
   for (auto &r : resumes_) fail_op(*r.op, e);

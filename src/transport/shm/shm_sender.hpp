@@ -34,7 +34,9 @@ class InflightTable {
   /// The ack or release of `d.cookie`: completes what it names. nullptr, or
   /// what is wrong with the message.
   const char *complete(const Decoded &d, int peer_rank) noexcept;
-  void fail_all(const Error &e) noexcept;
+  /// Fail every send waiting; zero-copy blocks still lent stay out of
+  /// their pools until process `peer_pid` exits (memory/peer_hold.hpp).
+  void fail_all(const Error &e, pid_t peer_pid) noexcept;
 
  private:
   struct Entry {
