@@ -131,7 +131,8 @@ void write_completion(const RequestSlot *r, lf_completion_t *out) noexcept {
 lf_status_t finish_claimed(lf_request_t h, RequestSlot *r, Deadline deadline, lf_completion_t *out) {
   if (!r->ch->wait(r->status(), deadline)) {
     requests().unclaim(h);
-    return fail(LF_ERR_TIMEOUT, "request did not complete before its deadline (it is still valid)");
+    set_last_error(LF_ERR_TIMEOUT, "request did not complete before its deadline (it is still valid)", {});
+    return LF_ERR_TIMEOUT;
   }
   lf_status_t st = op_status(r);
   write_completion(r, out);
@@ -481,7 +482,8 @@ lf_status_t wait_buffer(lf_request_t h, Deadline deadline, lf_buffer_t *out, lf_
     }
     if (!r->ch->wait(r->recv.status, deadline)) {
       requests().unclaim(h);  // still valid: wait again or cancel
-      return fail(LF_ERR_TIMEOUT, "%s: the receive did not complete in time", fn);
+      set_last_error(LF_ERR_TIMEOUT, fn, ": the receive did not complete in time");
+      return LF_ERR_TIMEOUT;
     }
     BufferPtr got;
     lf_status_t st = op_status(r);

@@ -48,15 +48,26 @@ Error sys_error(int err, const char *fmt, ...) {
   return Error{err == ENOMEM ? LF_ERR_NO_MEMORY : LF_ERR_IO, what + ": " + msg};
 }
 
-void set_last_error(const Error &e) noexcept {
+void set_last_error(lf_status_t code, std::string_view a, std::string_view b) noexcept {
   try {
-    tl_last_error = std::string(status_string(e.code)) + ": " + e.message;
+    const auto inside = [](std::string_view v) {
+      const char *lo = tl_last_error.data();
+      return !v.empty() && v.data() >= lo && v.data() <= lo + tl_last_error.capacity();
+    };
+    if (inside(a) || inside(b)) {  // a piece of the old text (fail(st, lf_last_error()))
+      tl_last_error = std::string(status_string(code)) + ": " + std::string(a) + std::string(b);
+      return;
+    }
+    // assign/append reuse the thread's buffer.
+    tl_last_error.assign(status_string(code)).append(": ").append(a).append(b);
   } catch (...) {
     tl_last_error.clear();
   }
 }
 
-void set_last_error(lf_status_t code, const char *msg) noexcept { set_last_error(Error{code, msg}); }
+void set_last_error(const Error &e) noexcept { set_last_error(e.code, e.message, {}); }
+
+void set_last_error(lf_status_t code, const char *msg) noexcept { set_last_error(code, msg, {}); }
 
 const char *last_error() noexcept { return tl_last_error.c_str(); }
 

@@ -11,6 +11,7 @@
 #include <cstdarg>
 #include <expected>
 #include <string>
+#include <string_view>
 
 namespace lf {
 
@@ -51,6 +52,9 @@ Error sys_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 
 /// Thread-local detail for lf_last_error().
 void set_last_error(const Error &e) noexcept;
 void set_last_error(lf_status_t code, const char *msg) noexcept;
+/// The same from two pieces, without formatting or (once the thread's text
+/// has grown) allocating: for paths as frequent as a wait that timed out.
+void set_last_error(lf_status_t code, std::string_view a, std::string_view b) noexcept;
 const char *last_error() noexcept;
 
 const char *status_string(lf_status_t s) noexcept;
