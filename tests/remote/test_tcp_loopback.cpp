@@ -13,6 +13,7 @@
 #include <ifaddrs.h>
 #include <lavaflow/lavaflow.h>
 #include <net/if.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -21,6 +22,7 @@
 #include <sstream>
 
 #include "multiprocess.hpp"
+#include "payload.hpp"
 
 using namespace lftest;
 
@@ -220,6 +222,56 @@ TEST(TcpRanks, ReceiverThatStartsAfterTheSenderFinalizedGetsEveryMessage) {
     EXPECT_EQ(wait_child(s, 120), 0);
     EXPECT_EQ(wait_child(r, 120), 0);
   }
+}
+
+// A progress thread over tcp channels sleeps on the context's epoll set
+// (each tcp endpoint has an event fd) while nothing arrives, instead of
+// polling the channels in turn: its rank uses a small share of a core while
+// the peer computes for 300 ms. The peer's work is real work, not a sleep.
+TEST(TcpRanks, AnIdleProgressThreadSleeps) {
+  const int port = free_port();
+  Child idle = fork_child(rank_of(0, port), [&] {
+    lf_context_t ctx;
+    CHILD_CHECK(lf_init(&ctx) == LF_OK);
+    lf_channel_t ch;
+    CHILD_CHECK(lf_channel_open(ctx, 1, &ch) == LF_OK);
+    CHILD_CHECK(lf_progress_thread(ctx, 1) == LF_OK);
+    CHILD_CHECK(lf_send(ch, "s", 1, 1) == LF_OK);
+    rusage a{}, b{};
+    getrusage(RUSAGE_SELF, &a);
+    const int64_t t0 = monotonic_ns();
+    char x;
+    CHILD_CHECK(lf_recv(ch, &x, 1, 2, nullptr) == LF_OK);
+    const double wall = static_cast<double>(monotonic_ns() - t0) / 1e9;
+    getrusage(RUSAGE_SELF, &b);
+    auto secs = [](const timeval &t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+    const double cpu = secs(b.ru_utime) - secs(a.ru_utime) + secs(b.ru_stime) - secs(a.ru_stime);
+    if (cpu >= 0.1 * wall)
+      std::fprintf(stderr, "the idle rank used %.0f ms of CPU in %.0f ms\n", cpu * 1e3, wall * 1e3);
+    CHILD_CHECK(wall > 0.25 && cpu < 0.1 * wall);
+    CHILD_CHECK(lf_progress_thread(ctx, 0) == LF_OK);
+    CHILD_CHECK(lf_channel_close(ch) == LF_OK);
+    CHILD_CHECK(lf_finalize(ctx) == LF_OK);
+    return 0;
+  });
+  Child busy = fork_child(rank_of(1, port), [&] {
+    lf_context_t ctx;
+    CHILD_CHECK(lf_init(&ctx) == LF_OK);
+    lf_channel_t ch;
+    CHILD_CHECK(lf_channel_open(ctx, 0, &ch) == LF_OK);
+    char x;
+    CHILD_CHECK(lf_recv(ch, &x, 1, 1, nullptr) == LF_OK);
+    volatile uint64_t acc = 0;
+    const int64_t until = monotonic_ns() + 300'000'000;
+    while (monotonic_ns() < until)
+      for (int i = 0; i < 1000; ++i) acc = acc + mix(static_cast<uint64_t>(i));
+    CHILD_CHECK(lf_send(ch, "w", 1, 2) == LF_OK);
+    CHILD_CHECK(lf_channel_close(ch) == LF_OK);
+    CHILD_CHECK(lf_finalize(ctx) == LF_OK);
+    return 0;
+  });
+  EXPECT_EQ(wait_child(idle, 120), 0);
+  EXPECT_EQ(wait_child(busy, 120), 0);
 }
 
 // ---- injection ------------------------------------------------------------------

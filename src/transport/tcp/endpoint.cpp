@@ -34,6 +34,7 @@
 #include "core/log.hpp"
 #include "memory/allocator.hpp"
 #include "transport/tcp/frame.hpp"
+#include "transport/tcp/readiness.hpp"
 #include "transport/tcp/tcp.hpp"
 
 namespace lf::tcp {
@@ -335,6 +336,8 @@ class TcpEndpoint final : public Endpoint {
     (void)::poll(p, n, timeout_ms);
   }
 
+  int event_fd() const noexcept override { return ready_.fd(); }
+
   void set_closer(std::shared_ptr<Closer> c) noexcept { closer_ = std::move(c); }
 
   /// A receive matched the WaitingIncoming at the head of the stream.
@@ -356,6 +359,7 @@ class TcpEndpoint final : public Endpoint {
     if (sink_ != Sink::waiting) ev |= POLLIN;
     if (!out_.empty()) ev |= POLLOUT;
     wait_state_.store(static_cast<uint64_t>(fd + 1) << 16 | static_cast<uint16_t>(ev), std::memory_order_release);
+    ready_.watch(fd, broken_ ? 0u : static_cast<uint32_t>(ev), listen_fds_);
   }
 
   /// Acceptor: pick up the verified connection; our ack goes out before our
@@ -663,6 +667,7 @@ class TcpEndpoint final : public Endpoint {
 
   SendQueue out_;
   std::atomic<uint64_t> wait_state_{0};  // (fd + 1) << 16 | poll events, for wait_for_activity
+  Readiness ready_;                      // the same for the context's epoll set (event_fd)
 
   FrameReader reader_;
   std::unique_ptr<uint8_t[]> stage_;
