@@ -3,15 +3,20 @@
 //
 //   lf-bench-ingest read   --file F [--bs 1M] [--qd 8] [--ring 16] [--direct 0|1] [--rounds 1]
 //       lf_ingest_next until the end; each chunk freed untouched (fio does
-//       not touch its buffers either). One line per round: "read <GB/s>".
-//   lf-bench-ingest send   --file F --transport shm|tcp [--kind host|host-shared] ...
+//       not touch its buffers either). One line per round:
+//       "read <GB/s> cpu <GB per CPU second> slept <n> preempted <n>", the
+//       last three of the reading thread (getrusage RUSAGE_THREAD).
+//   lf-bench-ingest send   --file F --transport shm|tcp [--kind host|host-shared] [--rwin 8] ...
 //       forks rank 1 (before any thread), lf_ingest_send from rank 0, rank 1
-//       receives buffers and frees them. One line per round: "send <GB/s>".
+//       receives buffers (rwin receives posted ahead) and frees them. One line per round from rank 0,
+//       "send <GB/s> cpu ...", as for read; rank 1's CPU time and sleeps go
+//       to stderr ("recv: ...").
 //   lf-bench-ingest memcpy [--bs 1M] [--bytes 1G]
 //       the hardware floor of a page-cache read: copying the same bytes in
 //       bs pieces, as the kernel does into the reader's buffer.
 // GB/s = 1e9 bytes per second. LF_INGEST_ENGINE picks the engine as usual.
 #include <lavaflow/lavaflow.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -31,12 +37,39 @@ namespace {
 struct Opts {
   std::string mode, file, transport = "shm";
   size_t bs = size_t(1) << 20;
-  int qd = 8, ring = 0, direct = 0, rounds = 1;
+  int qd = 8, ring = 0, direct = 0, rounds = 1, rwin = 8;
   lf_memory_kind_t kind = LF_MEM_HOST;
   size_t bytes = size_t(1) << 30;
 };
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// What the calling thread spent: CPU seconds, and how often it gave the CPU
+// up by itself (slept) or had it taken (preempted). A figure that holds on a
+// loaded machine: bytes per CPU second says what the path costs, the rest of
+// the wall time is waiting (for the peer, or for a CPU).
+struct ThreadUse {
+  double cpu_s = 0;
+  long slept = 0, preempted = 0;
+  static ThreadUse now() {
+    rusage u{};
+    getrusage(RUSAGE_THREAD, &u);
+    ThreadUse t;
+    t.cpu_s = static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+              static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+    t.slept = u.ru_nvcsw;
+    t.preempted = u.ru_nivcsw;
+    return t;
+  }
+};
+
+// "<mode> <GB/s> cpu <GB per CPU second> slept <n> preempted <n>".
+void report(const char *mode, uint64_t bytes, double wall_s, const ThreadUse &a, const ThreadUse &b) {
+  const double cpu = b.cpu_s - a.cpu_s;
+  std::printf("%s %.3f cpu %.3f slept %ld preempted %ld\n", mode, static_cast<double>(bytes) / wall_s / 1e9,
+              cpu > 0 ? static_cast<double>(bytes) / cpu / 1e9 : 0.0, b.slept - a.slept, b.preempted - a.preempted);
+  std::fflush(stdout);
+}
 
 [[noreturn]] void die(const char *what, lf_status_t st) {
   std::fprintf(stderr, "lf-bench-ingest: %s: %s: %s\n", what, lf_status_string(st), lf_last_error());
@@ -71,6 +104,7 @@ void run_read(const Opts &o) {
   for (int r = 0; r < o.rounds; ++r) {
     lf_ingest_params_t p = params(o);
     lf_ingest_t in;
+    const ThreadUse u0 = ThreadUse::now();
     const double t0 = now_s();
     CHECK(lf_ingest_open(nullptr, o.file.c_str(), 0, 0, &p, &in));
     uint64_t bytes = 0;
@@ -82,10 +116,10 @@ void run_read(const Opts &o) {
       lf_free(c);
     }
     const double t = now_s() - t0;
+    const ThreadUse u1 = ThreadUse::now();
     if (r == 0) std::fprintf(stderr, "path: %s\n", lf_ingest_path_taken(in));
     CHECK(lf_ingest_close(in));
-    std::printf("read %.3f\n", static_cast<double>(bytes) / t / 1e9);
-    std::fflush(stdout);
+    report("read", bytes, t, u0, u1);
   }
 }
 
@@ -125,27 +159,46 @@ void run_send(const Opts &o) {
     if (rank == 0) {
       lf_ingest_params_t p = params(o);
       lf_ingest_t in;
+      const ThreadUse u0 = ThreadUse::now();
       const double t0 = now_s();
       CHECK(lf_ingest_open(ctx, o.file.c_str(), 0, 0, &p, &in));
       CHECK(lf_ingest_send(in, ch, 5));
       char ack;
       CHECK(lf_recv(ch, &ack, 1, 6, nullptr));  // the peer has every byte
       const double t = now_s() - t0;
+      const ThreadUse u1 = ThreadUse::now();
       if (r == 0) std::fprintf(stderr, "path: %s; channel: %s\n", lf_ingest_path_taken(in), lf_channel_reason(ch));
       CHECK(lf_ingest_close(in));
-      std::printf("send %.3f\n", static_cast<double>(size) / t / 1e9);
-      std::fflush(stdout);
+      report("send", size, t, u0, u1);
     } else {
       uint64_t got = 0;
-      for (;;) {
+      const ThreadUse u0 = ThreadUse::now();
+      const double t0 = now_s();
+      // --rwin receives posted ahead (as lf-bench's bw posts its window), so
+      // that chunks land in posted receives rather than as unexpected
+      // messages; the ones left after the end marker are cancelled.
+      std::deque<lf_request_t> posted;
+      auto post = [&] {
         lf_request_t req;
         CHECK(lf_irecv_buffer(ch, 5, &req));
+        posted.push_back(req);
+      };
+      for (int i = 0; i < std::max(o.rwin, 1); ++i) post();
+      for (;;) {
         lf_buffer_t b;
-        CHECK(lf_wait_buffer(req, &b, nullptr));
+        CHECK(lf_wait_buffer(posted.front(), &b, nullptr));
+        posted.pop_front();
         const size_t n = lf_buffer_size(b);
         lf_free(b);
         if (n == 0) break;
         got += n;
+        post();
+      }
+      for (lf_request_t req : posted) {
+        CHECK(lf_cancel(req));
+        lf_buffer_t b = nullptr;
+        const lf_status_t st = lf_wait_buffer(req, &b, nullptr);
+        if (st != LF_ERR_CANCELLED) die("a receive posted past the end marker", st == LF_OK ? LF_ERR_INTERNAL : st);
       }
       if (got != size) {
         std::fprintf(stderr, "lf-bench-ingest: rank 1 received %llu of %llu bytes\n",
@@ -154,6 +207,11 @@ void run_send(const Opts &o) {
       }
       char ack = 1;
       CHECK(lf_send(ch, &ack, 1, 6));
+      // On stderr: the figures of record are the sender's.
+      const double t = now_s() - t0;
+      const ThreadUse u1 = ThreadUse::now();
+      std::fprintf(stderr, "recv: %.3f s, %.3f CPU s, slept %ld, preempted %ld\n", t, u1.cpu_s - u0.cpu_s,
+                   u1.slept - u0.slept, u1.preempted - u0.preempted);
     }
   }
   CHECK(lf_channel_close(ch));
@@ -199,7 +257,7 @@ int main(int argc, char **argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: lf-bench-ingest read|send|memcpy [--file F] [--bs 1M] [--qd 8] [--ring N] [--direct 0|1]\n"
-                 "       [--rounds N] [--transport shm|tcp] [--kind host|host-shared|...] [--bytes 1G]\n");
+                 "       [--rounds N] [--transport shm|tcp] [--kind host|host-shared|...] [--rwin 8] [--bytes 1G]\n");
     return 2;
   }
   o.mode = argv[1];
@@ -215,6 +273,8 @@ int main(int argc, char **argv) {
       o.ring = std::atoi(v.c_str());
     else if (k == "--direct")
       o.direct = std::atoi(v.c_str());
+    else if (k == "--rwin")
+      o.rwin = std::atoi(v.c_str());
     else if (k == "--rounds")
       o.rounds = std::atoi(v.c_str());
     else if (k == "--transport")

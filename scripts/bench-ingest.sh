@@ -41,13 +41,17 @@ fio_gbps() {  # engine direct [extra fio options]
   python3 -c "import json,sys; print('%.3f' % (json.load(open(sys.argv[1]))['jobs'][0]['read']['bw_bytes'] / 1e9))" \
     "$tmp/fio.json"
 }
-lf_read() {  # direct
+# Each lavaflow line is "<mode> <GB/s> cpu <GB per CPU second> ...": the
+# second figure (bytes over the reading thread's own CPU time) holds on a
+# loaded machine, where the first also counts the time spent waiting for a
+# CPU or for the peer; it goes to $tmp/<file>.cpu.
+lf_read() {  # direct file
   taskset -c 0 "$LF" read --file "$FILE" --bs "$BS" --qd "$QD" --ring "$RING" --direct "$1" 2>>"$tmp/paths" |
-    awk '{print $2}'
+    awk -v cpu="$tmp/$2.cpu" '{print $2; print $4 >>cpu}' >>"$tmp/$2"
 }
-lf_send() {  # transport kind
+lf_send() {  # transport kind file
   LF_BENCH_BIND=0,1 "$LF" send --file "$FILE" --bs "$BS" --qd "$QD" --ring "$RING" --transport "$1" --kind "$2" \
-    2>>"$tmp/paths" | awk '{print $2}'
+    2>>"$tmp/paths" | awk -v cpu="$tmp/$3.cpu" '{print $2; print $4 >>cpu}' >>"$tmp/$3"
 }
 tcp_bw() {
   LF_TRANSPORTS=tcp "$LFB" --fork --bind --mode bw --min "$BS" --max "$BS" --csv 2>/dev/null |
@@ -59,19 +63,19 @@ echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n), $(nproc) CPUs, kernel $(unam
 echo "# file $FILE ($(stat -c %s "$FILE") bytes), bs $BS, queue depth $QD, ring $RING, $ROUNDS rounds alternating"
 for ((r = 1; r <= ROUNDS; r++)); do
   for d in 0 1; do
-    lf_read "$d" >>"$tmp/lf.$d"
+    lf_read "$d" "lf.$d"
     fio_gbps io_uring "$d" >>"$tmp/fio_uring.$d"
     fio_gbps io_uring "$d" --fixedbufs=1 >>"$tmp/fio_fixed.$d"
     fio_gbps psync "$d" --iodepth=1 >>"$tmp/fio_psync.$d"
   done
   "$LF" memcpy --bs "$BS" --bytes "$SIZE" | awk '{print $2}' >>"$tmp/memcpy"
-  lf_send shm host-shared >>"$tmp/send_shm"
-  lf_read 0 >>"$tmp/lf_for_send"
-  lf_send tcp host >>"$tmp/send_tcp"
+  lf_send shm host-shared send_shm
+  lf_read 0 lf_for_send
+  lf_send tcp host send_tcp
   tcp_bw >>"$tmp/tcp_bw" || true
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-sort -u "$tmp/paths" | sed 's/^/# /'
+grep -v '^recv:' "$tmp/paths" | sort -u | sed 's/^/# /'
 
 m() { median <"$tmp/$1"; }
 printf "%-34s %8s %8s %8s %8s %8s %8s\n" "read (GB/s, median)" "lf" "fio-ur" "fio-fix" "psync" "lf/ur" "lf/psync"
@@ -91,6 +95,8 @@ if [[ -n $tb ]]; then
 else
   echo "file -> peer over tcp: $tcp GB/s (lf-bench not built: no tcp floor)"
 fi
+printf "lavaflow GB per CPU second of the reading thread (medians): read %s, file -> peer shm %s, tcp %s\n" \
+  "$(m lf_for_send.cpu)" "$(m send_shm.cpu)" "$(m send_tcp.cpu)"
 for f in "$tmp"/*; do
   [[ $f == */paths || $f == */fio.json ]] && continue
   echo "# rounds $(basename "$f"): $(tr '\n' ' ' <"$f")"

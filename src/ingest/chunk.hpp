@@ -46,6 +46,9 @@ class RingState {
   template <typename Stop>
   bool wait_room(Clock::time_point deadline, Stop &&stop) {
     std::unique_lock lk(mu_);
+    // A deadline already past is a test: wait_until would still enter the
+    // kernel (a futex wait that may give the CPU away) before timing out.
+    if (held_ < limit_ || stop() || deadline <= Clock::now()) return held_ < limit_;
     cv_.wait_until(lk, deadline, [&] { return held_ < limit_ || stop(); });
     return held_ < limit_;
   }

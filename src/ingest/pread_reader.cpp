@@ -78,7 +78,8 @@ void PreadReader::read_one(Read &r) noexcept {
 Result<std::unique_ptr<Read>> PreadReader::next(Clock::time_point deadline) {
   RingState &ring = *plan_.ring;
   std::unique_lock lk(ring.mutex());
-  ring.cv().wait_until(lk, deadline, [&] { return !done_.empty() || finished_ || stop_; });
+  const auto ready = [&] { return !done_.empty() || finished_ || stop_; };
+  if (!ready() && deadline > Clock::now()) ring.cv().wait_until(lk, deadline, ready);
   if (!done_.empty()) {
     auto r = std::move(done_.front());
     done_.pop_front();

@@ -26,25 +26,6 @@ namespace {
 
 constexpr size_t kChunk = 64 * 1024;
 
-// Sets an environment variable for one scope (the tunables are read at open).
-class ScopedEnv {
- public:
-  ScopedEnv(const char *name, const char *value) : name_(name) {
-    if (const char *old = std::getenv(name)) old_ = old, had_ = true;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_)
-      setenv(name_.c_str(), old_.c_str(), 1);
-    else
-      unsetenv(name_.c_str());
-  }
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
-
 // "" when io_uring works here, else why not (the path a probe ingest took):
 // a build without liburing, or a kernel or sandbox without io_uring.
 std::string no_uring() {
