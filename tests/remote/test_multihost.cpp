@@ -66,10 +66,10 @@ class MultiHost : public ::testing::Test {
   void TearDown() override { procs.kill_all(); }
 
   /// Start rank `rank` of `size` on host `host` (1 or 2).
-  void start(int rank, int size, int host, std::vector<std::string> args) {
+  void start(int rank, int size, int host, std::vector<std::string> args, Env extra = {}) {
     std::vector<std::string> argv = {kScript, "exec", "-p", prefix(), std::to_string(host), LF_RANK_WORKER};
     argv.insert(argv.end(), args.begin(), args.end());
-    procs.spawn(argv, rank_env(rank, size, "tcp://10.77.0.1:4750"));
+    procs.spawn(argv, rank_env(rank, size, "tcp://10.77.0.1:4750", std::move(extra)));
   }
 
   /// eth0 receive counter of a host.
@@ -131,6 +131,24 @@ TEST_F(MultiHost, TwoRanksOnTwoHostsUseTcpOverTheWire) {
   EXPECT_GE(d1, bytes_between(1, 0));
   EXPECT_GT(bytes_between(0, 1), 10u << 20);
 }
+
+#ifdef LF_HAVE_UCX
+// The ucx transport between the hosts, on UCX's tcp lane over the veth (no
+// RDMA device here): the same streams and the same proof that the bytes
+// crossed the wire.
+TEST_F(MultiHost, TwoRanksOnTwoHostsOverUcx) {
+  const Env ucx = {{"LF_TRANSPORTS", "ucx"}, {"LF_STRICT", "1"}, {"LF_UCX_START_ALWAYS", "1"}, {"UCX_TLS", "tcp,self"}};
+  uint64_t rx1 = rx_bytes(1), rx2 = rx_bytes(2);
+  start(0, 2, 1, {"stream", "44"}, ucx);
+  start(1, 2, 2, {"stream", "44"}, ucx);
+  ASSERT_TRUE(procs.wait_all(120)) << procs.dump();
+  EXPECT_EQ(field(0, "channel 0 1 ", 3), "ucx") << procs.dump();
+  EXPECT_EQ(field(1, "channel 1 0 ", 3), "ucx") << procs.dump();
+  expect_streams(2);
+  EXPECT_GE(rx_bytes(2) - rx2, bytes_between(0, 1)) << "host 2 received less than rank 0 sent it";
+  EXPECT_GE(rx_bytes(1) - rx1, bytes_between(1, 0));
+}
+#endif
 
 TEST_F(MultiHost, FourRanksOnTwoHostsPickShmWithinAndTcpAcross) {
   uint64_t rx2 = rx_bytes(2);
