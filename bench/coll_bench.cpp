@@ -4,11 +4,13 @@
 // same way, and scripts/bench-coll.sh runs both side by side.
 //
 //   mpirun --allow-run-as-root -np 2 --bind-to core lf-bench-coll [--csv]
-//          [--samples N] [--max BYTES] [--ops barrier,allreduce,bcast,allgather]
+//          [--samples N] [--max BYTES] [--ops barrier,allreduce,bcast,allgather,allreduce_g]
 //
 // Rows: barrier (lf_barrier), ibarrier (lf_ibarrier + lf_wait), allreduce
 // of 0 bytes (a barrier made of the collectives' messages), then allreduce
-// (float32 sum), bcast and allgather (bytes per rank) by size.
+// (float32 sum), bcast and allgather (bytes per rank) by size. allreduce_g
+// (not in the default --ops) is lf_allreduce_g over a group of every rank,
+// listed in reverse: what a group costs next to the world's allreduce.
 // Each sample is the mean of `iters` back-to-back calls on rank 0 (iters
 // shrinks as the size grows), the figure the median of the samples. The
 // floor row ("floor,64") is one 64-byte cache line written by rank 0 and
@@ -116,9 +118,9 @@ int main(int argc, char **argv) {
     else if (a == "--ops" && i + 1 < argc)
       ops = argv[++i];
     else {
-      std::fprintf(
-          stderr,
-          "usage: lf-bench-coll [--csv] [--samples N] [--max BYTES] [--ops barrier,allreduce,bcast,allgather]\n");
+      std::fprintf(stderr,
+                   "usage: lf-bench-coll [--csv] [--samples N] [--max BYTES] "
+                   "[--ops barrier,allreduce,bcast,allgather,allreduce_g]\n");
       return 2;
     }
   }
@@ -175,6 +177,12 @@ int main(int argc, char **argv) {
     });
     measure("allreduce", 0, [&] { CHECK(lf_allreduce(ctx, a.data(), b.data(), 0, LF_FLOAT32, LF_SUM)); });
   }
+  lf_group_t group = nullptr;
+  if (wanted("allreduce_g")) {
+    std::vector<int> reversed;
+    for (int r = size - 1; r >= 0; --r) reversed.push_back(r);
+    CHECK(lf_group_create(ctx, reversed.data(), size, &group));
+  }
   const size_t sizes[] = {8, 64, 1024, 65536, 1u << 20, 4u << 20, 16u << 20};
   for (size_t bytes : sizes) {
     if (bytes > max_bytes) break;
@@ -182,7 +190,11 @@ int main(int argc, char **argv) {
       measure("allreduce", bytes, [&] { CHECK(lf_allreduce(ctx, a.data(), b.data(), bytes / 4, LF_FLOAT32, LF_SUM)); });
     if (wanted("bcast")) measure("bcast", bytes, [&] { CHECK(lf_bcast(ctx, a.data(), bytes, 0)); });
     if (wanted("allgather")) measure("allgather", bytes, [&] { CHECK(lf_allgather(ctx, a.data(), bytes, b.data())); });
+    if (group)
+      measure("allreduce_g", bytes,
+              [&] { CHECK(lf_allreduce_g(group, a.data(), b.data(), bytes / 4, LF_FLOAT32, LF_SUM)); });
   }
+  if (group) CHECK(lf_group_free(group));
   CHECK(lf_finalize(ctx));
   return 0;
 }

@@ -1,6 +1,7 @@
 /*
  * lavaflow collectives: barrier, broadcast, reduce, allreduce, allgather and
- * alltoall over the whole world of a context (included by lavaflow.h).
+ * alltoall over the whole world of a context, or over a group of its ranks
+ * (lf_group_t, the `_g` forms; included by lavaflow.h).
  *
  * Semantics (as MPI's, over every rank of the context):
  *  - Every rank calls the same collectives in the same order, with matching
@@ -31,15 +32,18 @@
  *    Every rank receives the same bits.
  *
  * Algorithms: recursive doubling (small allreduce) and ring reduce-scatter +
- * allgather (large allreduce) over channels, binomial trees for bcast and
- * reduce, dissemination barrier, ring allgather, pairwise alltoall. The
- * choice is logged (LF_LOG_LEVEL=debug) and LF_COLL_ALGO=ring|rd|auto forces
- * the allreduce algorithm; it must be the same on every rank. See
- * docs/collectives.md.
+ * allgather (large allreduce) over channels, single copy for large
+ * allreduce on one host, hierarchical allreduce (within each host, across
+ * host leaders, within each host) for ranks on several hosts, binomial trees
+ * for bcast and reduce, dissemination barrier, ring allgather, pairwise
+ * alltoall. The choice is logged (LF_LOG_LEVEL=debug) and
+ * LF_COLL_ALGO=ring|rd|cma|hier|auto forces the allreduce algorithm; it must
+ * be the same on every rank. See docs/collectives.md.
  *
- * Threading: collectives on one context are not reentrant across threads: a
- * program calls them from one thread at a time, in the same order on every
- * rank (as MPI requires). A non-blocking collective runs on a helper thread
+ * Threading: collectives of one group (the world is one) are not reentrant
+ * across threads: a program calls them from one thread at a time, in the
+ * same order on every member (as MPI requires). Collectives of different
+ * groups may run concurrently from different threads. A non-blocking collective runs on a helper thread
  * of the context (started on the first one) and completes its request, which
  * lf_wait, lf_test, lf_wait_timeout, lf_waitall and lf_waitany complete and
  * free like any other; lf_cancel has no effect on it. A blocking collective
@@ -106,6 +110,81 @@ lf_status_t lf_ibcast(lf_context_t ctx, void *buf, size_t bytes, int root, lf_re
 /** Start lf_allreduce; *req completes when `recv` holds the result. */
 lf_status_t lf_iallreduce(lf_context_t ctx, const void *send, void *recv, size_t count, lf_dtype_t dt, lf_op_t op,
                           lf_request_t *req);
+
+/* ------------------------------------------------------------------------ */
+/* Groups: collectives over a subset of the ranks                            */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * A group of ranks of one context. Group rank i is the world rank ranks[i]
+ * given to lf_group_create. Every collective above has a `_g` form that runs
+ * over a group's members only, with the same semantics as over the world
+ * (roots are group ranks; allgather and alltoall blocks are in group rank
+ * order). The whole-world calls are the world group's.
+ *
+ * Isolation: each group has channels of its own between its members, so
+ * collectives of different groups, overlapping ones included, never take
+ * each other's messages (nor the application's, nor the world's), and may
+ * run at the same time from different threads. Within one group the rules
+ * above hold: one thread at a time, the same order on every member.
+ *
+ * Mismatches: every message of a group's collective also carries the
+ * group's identity (a hash of its member list). Members that pass different
+ * lists to lf_group_create, or that create the groups they share in
+ * different orders, get LF_ERR_INVALID_ARG ("group mismatch ...") from
+ * lf_group_create, or, where a listed rank never creates the group, an
+ * error once LF_CONNECT_TIMEOUT passes; never a hang.
+ */
+typedef struct lf_group *lf_group_t;
+
+/**
+ * Make a group of the `n` distinct world ranks in `ranks` (in group rank
+ * order). For a member this is a collective call over the members: each
+ * opens channels to the others and they check that they agree on the list,
+ * so every member calls it with the same list, and members create the
+ * groups they share in the same order (calls on one context are serialised
+ * inside the library; from several threads, the order between them is the
+ * caller's to keep). A rank not in `ranks` may call it too, without
+ * communicating: it gets a handle whose collectives fail with
+ * LF_ERR_INVALID_ARG and whose lf_group_rank is -1.
+ * Errors: LF_ERR_INVALID_ARG (NULL ranks or out, n outside 1..world size, a
+ * rank out of range or listed twice, a group mismatch), LF_ERR_PEER_GONE,
+ * LF_ERR_TIMEOUT (a member never came), LF_ERR_CLOSED (finalized context).
+ */
+lf_status_t lf_group_create(lf_context_t ctx, const int *ranks, int n, lf_group_t *out);
+
+/**
+ * Free a group. For a member this is collective over the members (a barrier
+ * first, so that no member closes channels a peer still reads), unless the
+ * group already failed; non-blocking collectives still queued fail with
+ * LF_ERR_CLOSED. The handle is freed even when the barrier fails (the
+ * error is then returned). NULL is a no-op. lf_finalize shuts down the
+ * context's groups (their collectives then fail with LF_ERR_CLOSED); their
+ * handles still need lf_group_free.
+ */
+lf_status_t lf_group_free(lf_group_t g);
+
+/** The caller's rank in the group; -1 when it is not a member, or for a bad handle (see lf_last_error()). */
+int lf_group_rank(lf_group_t g);
+
+/** The number of ranks in the group; -1 for a bad handle. */
+int lf_group_size(lf_group_t g);
+
+/**
+ * Group forms of the collectives above. A bad or freed handle, or a caller
+ * that is not a member, gives LF_ERR_INVALID_ARG with a reason; other errors
+ * are those of the world forms.
+ */
+lf_status_t lf_barrier_g(lf_group_t g);
+lf_status_t lf_bcast_g(lf_group_t g, void *buf, size_t bytes, int root);
+lf_status_t lf_reduce_g(lf_group_t g, const void *send, void *recv, size_t count, lf_dtype_t dt, lf_op_t op, int root);
+lf_status_t lf_allreduce_g(lf_group_t g, const void *send, void *recv, size_t count, lf_dtype_t dt, lf_op_t op);
+lf_status_t lf_allgather_g(lf_group_t g, const void *send, size_t bytes_per_rank, void *recv);
+lf_status_t lf_alltoall_g(lf_group_t g, const void *send, size_t bytes_per_rank, void *recv);
+lf_status_t lf_ibarrier_g(lf_group_t g, lf_request_t *req);
+lf_status_t lf_ibcast_g(lf_group_t g, void *buf, size_t bytes, int root, lf_request_t *req);
+lf_status_t lf_iallreduce_g(lf_group_t g, const void *send, void *recv, size_t count, lf_dtype_t dt, lf_op_t op,
+                            lf_request_t *req);
 
 #ifdef __cplusplus
 } /* extern "C" */

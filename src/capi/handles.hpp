@@ -67,6 +67,7 @@ enum class HandleType : uint8_t {
   exec_client = 12,
   plan = 13,
   job = 14,
+  group = 15,
 };
 
 /// Why a lookup failed.

@@ -1,6 +1,6 @@
 // The algorithms over channels. Every message of a collective carries the
-// same tag: the collective's kind, a hash of its arguments and its sequence
-// number. Receives take the next message from the peer (the channels are
+// same tag (coll/wire.hpp): the collective's kind, a hash of its arguments
+// and of its group, and its sequence number. Receives take the next message from the peer (the channels are
 // the collectives' own, and a pair's messages arrive in order) and check
 // tag and size, so that ranks disagreeing on a collective get an error
 // where a specific-tag receive would wait forever.
@@ -16,6 +16,7 @@
 #include "coll/engine.hpp"
 #include "coll/reduce.hpp"
 #include "core/log.hpp"
+#include "core/scope.hpp"
 
 namespace lf::coll {
 
@@ -29,29 +30,12 @@ constexpr size_t kWindow = 8;  // segments in flight per receive-and-reduce
 // latency-bound steps); above it the ring (bandwidth-optimal).
 constexpr size_t kRingFrom = 64u << 10;
 
-uint32_t signature(const Args &a, int size) noexcept {
-  // FNV-1a over the arguments every rank must agree on.
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-      h ^= (v >> (8 * i)) & 0xff;
-      h *= 1099511628211ull;
-    }
-  };
-  mix(static_cast<uint64_t>(a.kind));
-  mix(a.count);
-  mix(static_cast<uint64_t>(a.dt));
-  mix(static_cast<uint64_t>(a.op));
-  mix(static_cast<uint64_t>(a.root));
-  mix(static_cast<uint64_t>(size));
-  return static_cast<uint32_t>(h ^ (h >> 32)) & 0x0fffffffu;
-}
-
 const char *algo_name(Algo a) noexcept {
   switch (a) {
     case Algo::ring: return "ring";
     case Algo::recursive_doubling: return "recursive doubling";
     case Algo::cma: return "single copy";
+    case Algo::hierarchical: return "hierarchical";
     case Algo::automatic: break;
   }
   return "auto";
@@ -67,7 +51,7 @@ class Run {
         n_(e.size_),
         r_(e.rank_),
         seq_(seq),
-        tag_(uint64_t(static_cast<uint8_t>(a.kind)) << 60 | uint64_t(signature(a, e.size_)) << 32 | seq) {}
+        tag_(wire::make_tag(a.kind, wire::signature(a.kind, a.count, a.dt, a.op, a.root, e.size_, e.group_), seq)) {}
   ~Run() { drain(); }
   Run(const Run &) = delete;
   Run &operator=(const Run &) = delete;
@@ -80,6 +64,7 @@ class Run {
       case Kind::allreduce: return allreduce();
       case Kind::allgather: return allgather();
       case Kind::alltoall: return alltoall();
+      case Kind::group: return hello();
     }
     return LF_FAIL(LF_ERR_INTERNAL, "unknown collective");
   }
@@ -98,7 +83,25 @@ class Run {
 
   Channel &channel(int peer) const noexcept { return *e_.peers_[static_cast<size_t>(peer)]; }
 
+  // The group rank of rank `i` of the current view.
+  int at(int i) const noexcept { return view_.empty() ? i : view_[static_cast<size_t>(i)]; }
+  // Run `f` with the ranks of `ranks` (group ranks, this one among them) as
+  // its world: the algorithms then address them as 0..size-1.
+  template <typename F>
+  Status within(const std::vector<int> &ranks, F &&f) {
+    const int n = n_, r = r_;
+    view_ = ranks;
+    n_ = static_cast<int>(ranks.size());
+    r_ = static_cast<int>(std::find(ranks.begin(), ranks.end(), e_.rank_) - ranks.begin());
+    Status st = f();
+    view_.clear();
+    n_ = n;
+    r_ = r;
+    return st;
+  }
+
   Xfer &post_send(int peer, const void *data, size_t bytes) {
+    peer = at(peer);
     Xfer &x = xfers_.emplace_back();
     x.peer = peer;
     x.is_send = true;
@@ -109,6 +112,7 @@ class Run {
     return x;
   }
   Xfer &post_recv(int peer, void *data, size_t bytes) {
+    peer = at(peer);
     Xfer &x = xfers_.emplace_back();
     x.peer = peer;
     x.r.tag = LF_ANY_TAG;  // the next message from the peer: checked, not filtered
@@ -149,8 +153,8 @@ class Run {
   // this collective number with other arguments is a mismatch. A message
   // that belongs here waits in the watch queue for its receive.
   void watch() {
-    for (int p = 0; p < n_; ++p) {
-      if (p == r_) continue;
+    for (int p = 0; p < e_.size_; ++p) {
+      if (p == e_.rank_) continue;
       auto &q = e_.watch_[static_cast<size_t>(p)];
       if (!q.empty()) continue;
       bool reading = false;
@@ -166,12 +170,14 @@ class Run {
     }
   }
   Status check_watched() const {
-    for (int p = 0; p < n_; ++p)
+    for (int p = 0; p < e_.size_; ++p)
       for (const auto &op : e_.watch_[static_cast<size_t>(p)]) {
         if (__atomic_load_n(&op->status, __ATOMIC_ACQUIRE) != LF_OK) continue;
-        auto seq = static_cast<uint32_t>(op->matched_tag);
-        // The next collective's first message is no sign of trouble.
-        if (op->matched_tag != tag_ && seq != seq_ + 1) return mismatch(p, op->matched_tag, op->message_bytes, 0);
+        // This collective's message waits for its receive, whose size is
+        // checked there; the next collective's first message is no sign of
+        // trouble.
+        if (wire::classify(tag_, op->matched_tag, op->message_bytes, op->message_bytes) == wire::Verdict::mismatch)
+          return mismatch(p, op->matched_tag, op->message_bytes, 0);
       }
     return {};
   }
@@ -230,9 +236,9 @@ class Run {
       if (x.s.status < 0) return fail_from(x.peer, make_error(x.s.status, "%s", x.s.error.c_str()));
       return {};
     }
-    if (x.r.matched_tag != tag_ && (x.r.status == LF_OK || x.r.status == LF_ERR_TRUNCATED))
-      return mismatch(x.peer, x.r.matched_tag, x.r.message_bytes, x.r.capacity);
-    if (x.r.status == LF_ERR_TRUNCATED || (x.r.status == LF_OK && x.r.message_bytes != x.r.capacity))
+    if ((x.r.status == LF_OK || x.r.status == LF_ERR_TRUNCATED) &&
+        (x.r.status == LF_ERR_TRUNCATED ||
+         wire::classify(tag_, x.r.matched_tag, x.r.capacity, x.r.message_bytes) != wire::Verdict::ok))
       return mismatch(x.peer, x.r.matched_tag, x.r.message_bytes, x.r.capacity);
     if (x.r.status < 0) return fail_from(x.peer, make_error(x.r.status, "%s", x.r.error.c_str()));
     return {};
@@ -256,17 +262,23 @@ class Run {
     xfers_.clear();
   }
 
+  // Errors name peers by world rank, and by group rank too in a group.
+  std::string who(int peer) const {
+    std::string w = "rank " + std::to_string(e_.world_rank(peer));
+    if (e_.members_.size() != static_cast<size_t>(e_.ctx_.size()) || e_.world_rank(peer) != peer)
+      w += " (group rank " + std::to_string(peer) + ")";
+    return w;
+  }
   Status fail_from(int peer, const Error &e) const {
-    return LF_FAIL(e.code, "%s #%u: rank %d: %s", kind_name(a_.kind), seq_, peer, e.message.c_str());
+    return LF_FAIL(e.code, "%s #%u: %s: %s", kind_name(a_.kind), seq_, who(peer).c_str(), e.message.c_str());
   }
   Status mismatch(int peer, uint64_t tag, size_t got, size_t want) const {
-    auto kind = static_cast<Kind>((tag >> 60) & 0x7);
+    std::string m = wire::describe_mismatch(e_.world_rank(peer), tag, got, tag_, want);
+    if (a_.kind == Kind::group) return LF_FAIL(LF_ERR_INVALID_ARG, "%s", m.c_str());
     return LF_FAIL(LF_ERR_INVALID_ARG,
-                   "collective mismatch: rank %d sent %zu bytes for %s #%u, this rank expected %zu bytes for "
-                   "%s #%u (count %zu, %s, %s, root %d); every rank must call the same collectives in the same "
-                   "order with the same arguments",
-                   peer, got, kind_name(kind), static_cast<uint32_t>(tag), want, kind_name(a_.kind), seq_, a_.count,
-                   dtype_name(a_.dt), op_name(a_.op), a_.root);
+                   "%s (count %zu, %s, %s, root %d, a group of %d); every rank must call the same collectives in the "
+                   "same order with the same arguments",
+                   m.c_str(), a_.count, dtype_name(a_.dt), op_name(a_.op), a_.root, e_.size_);
   }
 
   // Receive `count` elements from `peer` and reduce them into `acc` as the
@@ -293,6 +305,30 @@ class Run {
   }
 
   // ---- algorithms ------------------------------------------------------------------
+
+  // A new group's members check that they agree on it: each sends every
+  // other member its list's identity. The tags carry it too, so a member
+  // with another list (or channels paired with another group's, when
+  // members created their shared groups in different orders) sees a
+  // mismatch rather than waiting.
+  Status hello() {
+    std::vector<unsigned char> got(static_cast<size_t>(n_) * wire::kHelloBytes);
+    unsigned char mine[wire::kHelloBytes];
+    wire::encode_hello(wire::Hello{e_.group_, static_cast<uint32_t>(n_), static_cast<uint32_t>(r_)}, mine);
+    for (int s = 1; s < n_; ++s) {
+      int from = (r_ - s + n_) % n_;
+      recv(from, got.data() + static_cast<size_t>(from) * wire::kHelloBytes, wire::kHelloBytes);
+    }
+    for (int s = 1; s < n_; ++s) send((r_ + s) % n_, mine, sizeof mine);
+    if (auto st = wait_all(); !st) return st;
+    for (int p = 0; p < n_; ++p) {
+      std::string why;
+      if (p != r_ && !wire::check_hello(got.data() + static_cast<size_t>(p) * wire::kHelloBytes, wire::kHelloBytes,
+                                        e_.group_, n_, p, why))
+        return LF_FAIL(LF_ERR_INVALID_ARG, "group mismatch with %s: %s", who(p).c_str(), why.c_str());
+    }
+    return {};
+  }
 
   Status barrier() {
     // Dissemination: ceil(log2 n) rounds, each a message to rank + k and one from rank - k.
@@ -379,16 +415,75 @@ class Run {
     if (algo == Algo::cma) algo = Algo::ring;  // not available here
     if (a_.send != LF_IN_PLACE && a_.send != a_.recv && bytes) std::memcpy(data, a_.send, bytes);
     if (n_ == 1) return {};
+    if (algo == Algo::hierarchical || algo == Algo::automatic) {
+      Hosts h = hosts();
+      if (algo == Algo::hierarchical || (h.leaders.size() > 1 && h.leaders.size() < static_cast<size_t>(n_))) {
+        log_choice(4, "hierarchical (reduce within each host, allreduce across host leaders, bcast within each host)");
+        return hier_allreduce(data, h);
+      }
+    }
     if (algo == Algo::automatic) algo = bytes <= kRingFrom ? Algo::recursive_doubling : Algo::ring;
     log_choice(algo == Algo::ring ? 1 : 2, algo_name(algo));
     return algo == Algo::ring ? ring_allreduce(data) : rd_allreduce(data);
+  }
+
+  // ---- hierarchical: hosts, then their leaders ----------------------------------------
+
+  struct Hosts {
+    std::vector<int> mine;     // group ranks on this rank's host, the leader (lowest) first
+    std::vector<int> leaders;  // the lowest group rank of every host
+  };
+  // Every rank computes the same partition: from the locations every rank
+  // published, not from what this rank can reach.
+  Hosts hosts() const {
+    std::vector<int> host(static_cast<size_t>(n_));
+    for (int i = 0; i < n_; ++i) {
+      host[static_cast<size_t>(i)] = i;
+      const ProcessLocation &li = e_.ctx_.location(e_.world_rank(i));
+      for (int j = 0; j < i; ++j)
+        if (host[static_cast<size_t>(j)] == j &&
+            decide_scope(e_.ctx_.location(e_.world_rank(j)), li).scope == Scope::local) {
+          host[static_cast<size_t>(i)] = j;
+          break;
+        }
+    }
+    Hosts h;
+    for (int i = 0; i < n_; ++i) {
+      if (host[static_cast<size_t>(i)] == host[static_cast<size_t>(r_)]) h.mine.push_back(i);
+      if (host[static_cast<size_t>(i)] == i) h.leaders.push_back(i);
+    }
+    return h;
+  }
+
+  // `data` holds this rank's input. Reduce it to the host's leader (a
+  // binomial tree over shared memory), allreduce among the leaders (over
+  // the network: recursive doubling or ring by size), bcast within the host.
+  // One tag for all three phases: a pair's messages stay in order.
+  Status hier_allreduce(char *data, const Hosts &h) {
+    const size_t bytes = a_.count * dtype_size(a_.dt);
+    const Args saved = a_;
+    quiet_ = true;
+    a_.send = LF_IN_PLACE;
+    a_.recv = data;
+    a_.root = 0;  // the leader, first in h.mine
+    Status st;
+    if (h.mine.size() > 1) st = within(h.mine, [&] { return reduce_to_root(); });
+    if (st && h.mine.front() == r_ && h.leaders.size() > 1)
+      st = within(h.leaders, [&] { return bytes <= kRingFrom ? rd_allreduce(data) : ring_allreduce(data); });
+    if (st && h.mine.size() > 1) {
+      a_.count = bytes;  // bcast counts bytes
+      st = within(h.mine, [&] { return bcast(); });
+    }
+    a_ = saved;
+    quiet_ = false;
+    return st;
   }
 
   // ---- single copy on one host -------------------------------------------------------
 
   bool all_local() const {
     for (int p = 0; p < n_; ++p)
-      if (p != r_ && e_.ctx_.scope(p).scope != Scope::local) return false;
+      if (p != r_ && e_.ctx_.scope(e_.world_rank(p)).scope != Scope::local) return false;
     return true;
   }
 
@@ -622,6 +717,7 @@ class Run {
   }
 
   void log_choice(int variant, const char *what) {
+    if (quiet_) return;
     bool &seen = e_.logged_[static_cast<size_t>(a_.kind)][variant];
     if (!seen) {
       seen = true;
@@ -632,8 +728,10 @@ class Run {
   }
 
   Engine &e_;
-  const Args a_;
-  const int n_, r_;
+  Args a_;                 // a phase of a hierarchical collective changes root, buffers and count
+  int n_, r_;              // size and rank in the current view (the group, or a subset: within())
+  std::vector<int> view_;  // group ranks of the current view's ranks; empty: the whole group
+  bool quiet_ = false;     // a phase: its choice is not logged
   const uint32_t seq_;
   const uint64_t tag_;
   std::deque<Xfer> xfers_;

@@ -1,5 +1,6 @@
 #include "coll/engine.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -8,20 +9,11 @@
 
 namespace lf::coll {
 
-const char *kind_name(Kind k) noexcept {
-  switch (k) {
-    case Kind::barrier: return "barrier";
-    case Kind::bcast: return "bcast";
-    case Kind::reduce: return "reduce";
-    case Kind::allreduce: return "allreduce";
-    case Kind::allgather: return "allgather";
-    case Kind::alltoall: return "alltoall";
-  }
-  return "?";
-}
-
-Result<std::shared_ptr<Engine>> Engine::create(Context &ctx) {
-  std::shared_ptr<Engine> e(new Engine(ctx));
+Result<std::shared_ptr<Engine>> Engine::create(Context &ctx, std::vector<int> members, bool check_members) {
+  auto me = std::find(members.begin(), members.end(), ctx.rank());
+  if (me == members.end()) return LF_FAIL(LF_ERR_INTERNAL, "collectives: rank %d is not a member", ctx.rank());
+  const int rank = static_cast<int>(me - members.begin());
+  std::shared_ptr<Engine> e(new Engine(ctx, std::move(members), rank));
   const char *algo = std::getenv("LF_COLL_ALGO");
   std::string a = algo ? algo : "";
   if (a.empty() || a == "auto")
@@ -32,18 +24,21 @@ Result<std::shared_ptr<Engine>> Engine::create(Context &ctx) {
     e->algo_ = Algo::recursive_doubling;
   else if (a == "cma")
     e->algo_ = Algo::cma;
+  else if (a == "hier" || a == "hierarchical")
+    e->algo_ = Algo::hierarchical;
   else
-    return LF_FAIL(LF_ERR_INVALID_ARG, "LF_COLL_ALGO=%s: expected auto, ring, rd or cma", a.c_str());
+    return LF_FAIL(LF_ERR_INVALID_ARG, "LF_COLL_ALGO=%s: expected auto, ring, rd, cma or hier", a.c_str());
   e->spin_ = config::get_int("LF_SPIN_COUNT");
-  // Channels of their own, in rank order on every rank: each pair's
-  // collective traffic is ordered and never meets the application's.
-  // Default options, so both sides of every pair select alike.
+  // Channels of their own, in group rank order on every member: each pair's
+  // collective traffic of this group is ordered and never meets the
+  // application's or another group's. Default options, so both sides of
+  // every pair select alike.
   ChannelOptions opts;
   e->peers_.resize(static_cast<size_t>(e->size_));
   e->watch_.resize(static_cast<size_t>(e->size_));
   for (int p = 0; p < e->size_; ++p) {
     if (p == e->rank_) continue;
-    auto ch = Channel::open(ctx, p, opts);
+    auto ch = Channel::open(ctx, e->world_rank(p), opts);
     if (!ch) {
       Error err = ch.error();
       err.message = "collectives: " + err.message;
@@ -53,13 +48,22 @@ Result<std::shared_ptr<Engine>> Engine::create(Context &ctx) {
     e->peers_[static_cast<size_t>(p)] = std::move(*ch);
   }
   if (e->size_ == 1) {
-    auto self = Channel::open(ctx, e->rank_, opts);
+    auto self = Channel::open(ctx, ctx.rank(), opts);
     if (!self) return std::unexpected(self.error());
     e->anchor_ = std::move(*self);
   } else {
     e->anchor_ = e->peers_[static_cast<size_t>((e->rank_ + 1) % e->size_)];
   }
-  LF_LOG(debug, "collectives: rank %d of %d connected", e->rank_, e->size_);
+  if (check_members && e->size_ > 1) {
+    std::lock_guard g(e->exec_mu_);
+    Args hello;
+    hello.kind = Kind::group;
+    if (auto st = e->execute(hello); !st) {
+      e->shutdown();
+      return std::unexpected(st.error());
+    }
+  }
+  LF_LOG(debug, "collectives: rank %d of a group of %d connected", e->rank_, e->size_);
   return e;
 }
 
@@ -150,7 +154,8 @@ void Engine::drain_locked() {
 void Engine::poison(const Error &e) noexcept {
   if (!failed_) {
     failed_ = e;
-    LF_LOG(info, "collectives on rank %d stopped: %s", rank_, e.message.c_str());
+    broken_.store(true, std::memory_order_release);
+    LF_LOG(info, "collectives on rank %d (a group of %d) stopped: %s", ctx_.rank(), size_, e.message.c_str());
   }
   for (auto &ch : peers_)
     if (ch) ch->close();

@@ -5,7 +5,9 @@
 #include <lavaflow/lavaflow.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -111,8 +113,7 @@ void check_type(Rank &r, lf_context_t ctx, lf_dtype_t dt, const std::vector<size
   }
 }
 
-void every_dtype_and_op(Rank &r) {
-  lf_context_t ctx = init(r);
+void every_dtype_and_op_on(Rank &r, lf_context_t ctx) {
   // Zero, smaller than the world, not divisible by it, and past the ring
   // threshold with several segments per block (float64: 2.4 MiB).
   const std::vector<size_t> counts = {0, 1, 3, 1001, 300007};
@@ -124,6 +125,11 @@ void every_dtype_and_op(Rank &r) {
   check_type<uint64_t>(r, ctx, LF_UINT64, counts);
   check_type<float>(r, ctx, LF_FLOAT32, counts);
   check_type<double>(r, ctx, LF_FLOAT64, counts);
+}
+
+void every_dtype_and_op(Rank &r) {
+  lf_context_t ctx = init(r);
+  every_dtype_and_op_on(r, ctx);
   REQUIRE_OK(r, lf_finalize(ctx));
 }
 
@@ -409,4 +415,61 @@ TEST_F(Coll, BadArguments) {
     REQUIRE_OK(r, lf_finalize(ctx));
     REQUIRE_ST(r, LF_ERR_CLOSED, lf_allreduce(ctx, &x, &x, 1, LF_INT32, LF_SUM));
   });
+}
+
+// Ranks declared on two "hosts" (LF_LOCATION_FILE overrides hostname and
+// boot id, as tests/remote/declared_remote.sh does): shared memory within a
+// host, the network between. Allreduce then goes hierarchical: reduce to
+// each host's leader, allreduce among the leaders, bcast within each host.
+class CollHosts : public MultiProcess {
+ protected:
+  void TearDown() override {
+    MultiProcess::TearDown();
+    for (auto &f : files_) std::remove(f.c_str());
+  }
+  void declare(const std::vector<int> &host_of) {
+    for (size_t r = 0; r < host_of.size(); ++r) {
+      std::string f = "/tmp/lf-coll-host-" + std::to_string(getpid()) + "-" + std::to_string(r) + ".json";
+      std::ofstream(f) << "{\"hostname\": \"declared-node-" << host_of[r]
+                       << "\", \"boot_id\": \"00000000-0000-4000-8000-" << std::string(11, '0') << host_of[r]
+                       << "\"}\n";
+      files_.push_back(f);
+      env_rank[static_cast<int>(r)].push_back({"LF_LOCATION_FILE", f});
+    }
+  }
+  std::vector<std::string> files_;
+};
+
+void hosts_are_declared(Rank &r, lf_context_t ctx, const std::vector<int> &host_of) {
+  for (int p = 0; p < r.size; ++p)
+    if (p != r.rank)
+      REQUIRE(r,
+              lf_scope(ctx, p) == (host_of[static_cast<size_t>(p)] == host_of[static_cast<size_t>(r.rank)]
+                                       ? LF_SCOPE_LOCAL
+                                       : LF_SCOPE_REMOTE),
+              "scope of %d", p);
+}
+
+TEST_F(CollHosts, HierarchicalTwoRanksPerHost4) {
+  const std::vector<int> host_of = {0, 0, 1, 1};
+  declare(host_of);
+  env = {{"LF_COLL_ALGO", "hier"}};
+  run(4, [host_of](Rank &r) {
+    lf_context_t ctx = init(r);
+    hosts_are_declared(r, ctx, host_of);
+    every_dtype_and_op_on(r, ctx);
+    REQUIRE_OK(r, lf_finalize(ctx));
+  });
+}
+
+// The automatic choice, hosts that interleave the ranks, and a host of one.
+TEST_F(CollHosts, HierarchicalByDefaultInterleaved4) {
+  const std::vector<int> host_of = {0, 1, 0, 1};
+  declare(host_of);
+  run(4, every_dtype_and_op);
+}
+TEST_F(CollHosts, HierarchicalUnevenHosts3) {
+  declare({1, 0, 1});
+  env = {{"LF_COLL_ALGO", "hier"}};
+  run(3, every_dtype_and_op);
 }
