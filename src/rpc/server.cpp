@@ -1,6 +1,5 @@
 #include "rpc/server.hpp"
 
-#include <sched.h>
 #include <time.h>
 
 #include <cstring>
@@ -31,8 +30,6 @@ bool Call::cancelled_now() const noexcept {
 Server::Server(int threads, size_t max_held) {
   const int64_t q = config::get_int("LF_RPC_QUEUE_MAX");
   max_held_ = max_held ? max_held : q > 0 ? static_cast<size_t>(q) : 1;
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus_ = std::max(1, CPU_COUNT(&set));
   // One more thread than may run handlers: there is always one to lead.
   try {
     for (int i = 0; i <= threads; ++i) threads_.emplace_back([this] { thread_loop(); });
@@ -89,7 +86,8 @@ void Server::thread_loop() noexcept {
       Call *c = queue_.front();
       queue_.pop_front();
       l.unlock();
-      run_counted(c);
+      run(*c);
+      finish(c);
       l.lock();
       continue;
     }
@@ -103,7 +101,8 @@ void Server::thread_loop() noexcept {
       work_cv_.notify_one();  // a follower leads while this thread runs the call
       if (c) {
         l.unlock();
-        run_counted(c);
+        run(*c);
+        finish(c);
         l.lock();
       }
       continue;
@@ -114,24 +113,11 @@ void Server::thread_loop() noexcept {
   }
 }
 
-void Server::run_counted(Call *c) noexcept {
-  running_.fetch_add(1, std::memory_order_relaxed);
-  run(*c);
-  running_.fetch_sub(1, std::memory_order_relaxed);
-  finish(c);
-}
-
 Call *Server::lead() noexcept {
   std::vector<std::shared_ptr<Served>> served;
   uint64_t seen = UINT64_MAX;
   int idle = 0;
   constexpr int kSpin = 2000;  // polls before the leader sleeps between rounds
-  // Handlers running with no CPU to spare besides this thread's: the thread
-  // that woke this one is likely one of them, waiting for this core. Every
-  // idle poll gives it the core (a yield costs a system call; waiting for
-  // the time slice to end costs far more).
-  const auto crowded = [this] { return running_.load(std::memory_order_relaxed) >= cpus_; };
-  if (crowded()) std::this_thread::yield();
   while (!stopping()) {
     if (served_gen_.load(std::memory_order_acquire) != seen) {
       std::lock_guard g(mu_);
@@ -175,7 +161,7 @@ Call *Server::lead() noexcept {
     } else if (++idle >= kSpin && served.size() != 1) {
       timespec ts{0, 50000};  // several channels, or none: a short nap per round
       nanosleep(&ts, nullptr);
-    } else if ((idle & 31) == 0 || crowded()) {
+    } else if ((idle & 31) == 0) {
       // The thread that just took a call may share this core (a pinned
       // process): let it run its handler now and then rather than after
       // our time slice, which costs milliseconds.

@@ -94,8 +94,6 @@ class Server {
   Call *take(const std::shared_ptr<Served> &s, lf_buffer_t buf, const Message &msg) noexcept;
   void run(Call &c) noexcept;
   void finish(Call *c) noexcept;
-  /// run() then finish(), counted in running_.
-  void run_counted(Call *c) noexcept;
   /// Answer a request that never became a Call (unknown method, queue full).
   void refuse(Served &s, uint64_t id, lf_status_t status, const std::string &why) noexcept;
   void drop(Served &s, lf_status_t why) noexcept;
@@ -117,8 +115,6 @@ class Server {
   size_t max_held_;
   std::vector<std::shared_ptr<Served>> served_;
   std::atomic<uint64_t> served_gen_{0};  ///< bumped when served_ changes: the leader re-reads it
-  std::atomic<int> running_{0};          ///< threads inside a handler (not inline ones)
-  int cpus_ = 1;                         ///< CPUs this process may run on, at creation
   bool stopped_ = false;                 ///< workers drain the queue and exit
   std::atomic<bool> stopping_{false};
   std::vector<std::thread> threads_;
