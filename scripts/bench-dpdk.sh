@@ -12,7 +12,7 @@
 # messages, window 64; rate: 64-byte messages per second, window 64). Before
 # every run no earlier benchmark process may still spin.
 #
-#   scripts/bench-dpdk.sh [build-dir]          (ROUNDS=5)
+#   scripts/bench-dpdk.sh [build-dir]          (ROUNDS=5; VETH_MTU=9000 for jumbo frames on the veth)
 set -euo pipefail
 
 build=${1:-build}
@@ -66,6 +66,9 @@ veth=0
 if [ "$(id -u)" = 0 ] && "$hosts" up -p lfbd -n 2 >/dev/null 2>&1; then
   veth=1
   trap '"$hosts" down -p lfbd >/dev/null 2>&1 || true' EXIT
+  if [ -n "${VETH_MTU:-}" ]; then  # both ends of both hosts' veths, and so the bridge
+    for h in 1 2; do ip -n lfbd-h$h link set eth0 mtu "$VETH_MTU" && ip -n lfbd-sw link set h$h mtu "$VETH_MTU"; done
+  fi
 fi
 
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"

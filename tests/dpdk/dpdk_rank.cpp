@@ -2,15 +2,17 @@
 // started by scripts/netns-hosts.sh exec with LF_RANK, LF_SIZE,
 // LF_BOOTSTRAP and the dpdk variables in its environment.
 //
-//   lf_dpdk_rank stream COUNT
+//   lf_dpdk_rank stream COUNT [SIZE]
 //     Two ranks; each sends COUNT messages of mixed sizes (up to 64 KiB,
-//     among them 9000-byte ones) to the other while receiving the other's,
+//     among them 9000-byte ones; all of SIZE bytes when given, at most
+//     64 KiB) to the other while receiving the other's,
 //     checksums both streams and exchanges the checksums at the end. Prints
 //       channel <rank> <peer> <transport> <reason>
 //       ok <rank> <bytes received> <checksum>
 //     and exits 0, or prints the failure and exits 1.
 #include <lavaflow/lavaflow.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +40,10 @@ uint64_t fnv(uint64_t h, const void *p, size_t n) {
   return h;
 }
 
+size_t fixed_size = 0;
+
 size_t size_of(int i) {
+  if (fixed_size) return fixed_size;
   const uint64_t h = mix(static_cast<uint64_t>(i) + 17);
   switch (h % 8) {
     case 0: return 9000;
@@ -51,11 +56,12 @@ size_t size_of(int i) {
 
 int main(int argc, char **argv) {
   if (argc < 3 || std::strcmp(argv[1], "stream") != 0) {
-    std::fprintf(stderr, "usage: %s stream COUNT\n", argv[0]);
+    std::fprintf(stderr, "usage: %s stream COUNT [SIZE]\n", argv[0]);
     return 2;
   }
   setvbuf(stdout, nullptr, _IOLBF, 0);
   const int count = std::atoi(argv[2]);
+  if (argc > 3) fixed_size = std::min<size_t>(std::strtoull(argv[3], nullptr, 10), 65536);
   constexpr int kWindow = 16;
   constexpr size_t kMax = 65536;
   lf_context_t ctx;

@@ -3,6 +3,7 @@
 #include <rte_mbuf.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "transport/dpdk/dpdk_port.hpp"
 
@@ -17,7 +18,7 @@ int64_t now_ns() noexcept {
 }  // namespace
 
 Flow::Flow(Port &port, rte_mempool *pool, const FlowConfig &cfg, uint32_t my_rank, uint32_t my_epoch, int peer,
-           uint32_t peer_epoch, Mac peer_mac, uint32_t channel)
+           uint32_t peer_epoch, Mac peer_mac, uint32_t channel, size_t peer_mtu)
     : port_(port),
       pool_(pool),
       cfg_(cfg),
@@ -30,10 +31,15 @@ Flow::Flow(Port &port, rte_mempool *pool, const FlowConfig &cfg, uint32_t my_ran
       channel_(channel),
       peer_window_(cfg.window),
       rto_ns_(cfg.rto_ns) {
-  // A frame is one mbuf: Ethernet and lavaflow headers plus the payload
-  // within both the port's MTU and the mbuf's data room.
-  const size_t room = rte_pktmbuf_data_room_size(pool) - RTE_PKTMBUF_HEADROOM;
-  payload_max_ = std::min(port.mtu() + kEthHeaderSize, room) - kFrameOverhead;
+  // A frame is Ethernet and lavaflow headers plus the payload, within the
+  // port's MTU and, unless the port sends chains of mbufs (jumbo frames on
+  // af_packet), within one mbuf's data room.
+  const size_t room = port.multi_seg() ? SIZE_MAX : rte_pktmbuf_data_room_size(pool) - RTE_PKTMBUF_HEADROOM;
+  // A peer whose port takes smaller frames than this one drops the larger
+  // ones unseen (a veth or a bridge port does), so both ends cut to the
+  // smaller MTU of the two.
+  const size_t mtu = peer_mtu ? std::min(port.mtu(), peer_mtu) : port.mtu();
+  payload_max_ = std::min(mtu + kEthHeaderSize, room) - kFrameOverhead;
   ooo_.assign(cfg_.window, nullptr);
 }
 
@@ -72,13 +78,34 @@ FrameHeader Flow::header(FrameType t) const noexcept {
 rte_mbuf *Flow::build(const FrameHeader &h, const Seg *s) noexcept {
   rte_mbuf *m = rte_pktmbuf_alloc(pool_);
   if (!m) return nullptr;
-  auto *p = reinterpret_cast<uint8_t *>(rte_pktmbuf_append(m, static_cast<uint16_t>(kFrameOverhead + h.len)));
-  if (!p) {
+  // The headers and as much payload as the first mbuf holds; a larger
+  // frame goes on in further mbufs chained to it.
+  const size_t first = std::min<size_t>(kFrameOverhead + h.len, rte_pktmbuf_tailroom(m));
+  auto *p = reinterpret_cast<uint8_t *>(rte_pktmbuf_append(m, static_cast<uint16_t>(first)));
+  if (!p || first < kFrameOverhead) {
     rte_pktmbuf_free(m);
     return nullptr;
   }
   encode_frame(p, peer_mac_, my_mac_, h);
-  if (s && h.len) copy_message(*s->op, s->off, p + kFrameOverhead, h.len);
+  if (!s || !h.len) return m;
+  size_t done = first - kFrameOverhead;
+  copy_message(*s->op, s->off, p + kFrameOverhead, done);
+  while (done < h.len) {
+    rte_mbuf *seg = rte_pktmbuf_alloc(pool_);
+    if (!seg) break;
+    const size_t k = std::min<size_t>(h.len - done, rte_pktmbuf_tailroom(seg));
+    auto *q = rte_pktmbuf_append(seg, static_cast<uint16_t>(k));
+    if (!q || rte_pktmbuf_chain(m, seg) != 0) {
+      rte_pktmbuf_free(seg);
+      break;
+    }
+    copy_message(*s->op, s->off + done, q, k);
+    done += k;
+  }
+  if (done < h.len) {
+    rte_pktmbuf_free(m);  // the pool ran dry: the frame goes on a later pump
+    return nullptr;
+  }
   return m;
 }
 
@@ -128,6 +155,7 @@ void Flow::on_frame(const FrameHeader &h, rte_mbuf *m) noexcept {
     rte_pktmbuf_free(m);
     return;
   }
+  heard_ns_ = now;
   on_ack(h.ack, h.window, h.sack, now);
   if (h.flags & kAckReq) ack_due_ = true;
   if (h.type != FrameType::data) {
@@ -255,9 +283,18 @@ void Flow::transmit(int64_t now) noexcept {
 void Flow::pump(int64_t now) noexcept {
   if (closed_) return;
   if (!broken()) {
-    if (!unacked_.empty() && now - progress_ns_ > cfg_.peer_timeout_ns)
+    if (!unacked_.empty() && now - progress_ns_ > cfg_.peer_timeout_ns) {
+      // A peer still heard from, whose acks never move, is alive but not
+      // receiving what this side sends: frames of this size do not reach it.
+      if (now - heard_ns_ < cfg_.peer_timeout_ns / 2)
+        return fail(make_error(LF_ERR_PEER_GONE,
+                               "dpdk: rank %d answers but acknowledged no data for %.1f s: frames of up to %zu bytes "
+                               "do not reach it (an MTU on the path smaller than the ports' %zu?)",
+                               peer_, static_cast<double>(now - progress_ns_) / 1e9, payload_max_ + kFrameOverhead,
+                               payload_max_ + kHeaderSize));
       return fail(make_error(LF_ERR_PEER_GONE, "dpdk: rank %d acknowledged nothing for %.1f s", peer_,
                              static_cast<double>(now - progress_ns_) / 1e9));
+    }
     fill();
     transmit(now);
     // The peer's window is shut: probe it until it opens (its update may be lost).

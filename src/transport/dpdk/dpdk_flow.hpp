@@ -46,8 +46,10 @@ struct FlowConfig {
 
 class Flow {
  public:
+  /// `peer_mtu`: the largest Ethernet payload the peer's port takes (0:
+  /// unknown, as this port's); frames are cut to the smaller of the two.
   Flow(Port &port, rte_mempool *pool, const FlowConfig &cfg, uint32_t my_rank, uint32_t my_epoch, int peer,
-       uint32_t peer_epoch, Mac peer_mac, uint32_t channel);
+       uint32_t peer_epoch, Mac peer_mac, uint32_t channel, size_t peer_mtu = 0);
   ~Flow();
   Flow(const Flow &) = delete;
   Flow &operator=(const Flow &) = delete;
@@ -76,6 +78,9 @@ class Flow {
   uint32_t rcv_next() const noexcept { return rcv_nxt_; }
   bool idle() const noexcept { return unacked_.empty() && queued_.empty(); }
   int peer() const noexcept { return peer_; }
+  uint32_t peer_epoch() const noexcept { return peer_epoch_; }
+  /// Largest payload of one data frame.
+  size_t payload_max() const noexcept { return payload_max_; }
   uint32_t channel() const noexcept { return channel_; }
   Port &port() noexcept { return port_; }
   /// Data frames sent again (timeouts and fast retransmits), for tests and lf-info.
@@ -120,6 +125,7 @@ class Flow {
   int dupacks_ = 0;
   int64_t last_probe_ns_ = 0;
   int64_t progress_ns_ = 0;  ///< last ack that moved, or first send into an empty window
+  int64_t heard_ns_ = 0;     ///< last frame of any kind from the peer
   uint64_t retransmits_ = 0;
 
   // receive

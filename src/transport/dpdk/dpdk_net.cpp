@@ -46,6 +46,11 @@ bool PeerAddress::parse(const std::string &text, PeerAddress *out) {
         a.mac.b[i] = static_cast<uint8_t>(b[i]);
       }
       a.has_mac = true;
+    } else if (item.rfind("mtu=", 0) == 0) {
+      char *e = nullptr;
+      const unsigned long v = std::strtoul(item.c_str() + 4, &e, 10);
+      if (!e || *e || v <= kHeaderSize || v > 65535) return false;
+      a.mtu = static_cast<uint32_t>(v);
     } else if (!item.empty()) {
       return false;
     }
@@ -65,6 +70,7 @@ std::string PeerAddress::text() const {
                   mac.b[4], mac.b[5]);
     s += buf;
   }
+  if (mtu) s += ";mtu=" + std::to_string(mtu);
   return s;
 }
 
@@ -83,6 +89,7 @@ Net::~Net() {
   pending_.clear();
   memif.clear();
   af_packet.reset();
+  rte_mempool_free(rx_pool);
   rte_mempool_free(pool);
 }
 
@@ -177,6 +184,11 @@ void Net::poll(Port &p) noexcept {
         continue;
       }
       f = it->second;
+    }
+    if (h.src_epoch != f->peer_epoch()) {
+      // An earlier context of the peer's rank: its flow is not this one.
+      rte_pktmbuf_free(m);
+      continue;
     }
     {
       std::lock_guard fg(f->mu);

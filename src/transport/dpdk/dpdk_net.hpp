@@ -22,12 +22,13 @@
 
 namespace lf::dpdk {
 
-/// What a rank published: "epoch=<hex>;host=<boot id>:<netns inode>[;mac=<mac>]".
+/// What a rank published: "epoch=<hex>;host=<boot id>:<netns inode>[;mac=<mac>;mtu=<n>]".
 struct PeerAddress {
   uint32_t epoch = 0;
   std::string host;  ///< kernel and network namespace (memif's abstract socket lives there)
   bool has_mac = false;
-  Mac mac;  ///< of its af_packet port (LF_DPDK_PORT), when it has one
+  Mac mac;           ///< of its af_packet port (LF_DPDK_PORT), when it has one
+  uint32_t mtu = 0;  ///< of that port (0: not published)
   static bool parse(const std::string &text, PeerAddress *out);
   std::string text() const;
 };
@@ -42,6 +43,7 @@ class Net {
 
   const uint32_t rank, size, epoch;
   rte_mempool *const pool;
+  rte_mempool *rx_pool = nullptr;  ///< af_packet's receive mbufs for jumbo frames (owned), or null
   const FlowConfig cfg;
 
   /// Receive a burst on `p` (unless another thread is), hand each frame to

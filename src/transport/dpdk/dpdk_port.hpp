@@ -52,6 +52,15 @@ class Port {
   const Mac &mac() const noexcept { return mac_; }
   /// Largest Ethernet payload a frame may carry (the port's MTU).
   size_t mtu() const noexcept { return mtu_; }
+  /// Set the MTU: an af_packet port's is its interface's as the kernel has
+  /// it (DPDK's ethdev reports 1500 whatever that is), within the frames
+  /// its rings and receive mbufs hold (the caller sized them).
+  void set_mtu(size_t mtu) noexcept {
+    if (mtu > kHeaderSize) mtu_ = mtu;
+  }
+  /// Whether it transmits frames that are chains of mbufs, so that a frame
+  /// may be larger than one mbuf.
+  bool multi_seg() const noexcept { return multi_seg_; }
   /// Start the port if it has not started yet; true once it has.
   bool try_start() noexcept;
   /// Whether the link is up now (memif: the peer is attached).
@@ -68,8 +77,10 @@ class Port {
   Port(Kind kind, std::string vdev, std::string devargs, rte_mempool *pool)
       : kind_(kind), vdev_(std::move(vdev)), devargs_(std::move(devargs)), pool_(pool) {}
   /// Create and configure the device (not started); teardown() undoes it.
+  /// Both run on DPDK's interrupt thread (dpdk_port.cpp says why).
   Status setup();
   void teardown() noexcept;
+  void teardown_here() noexcept;
   Kind kind_;
   std::string vdev_, devargs_;
   rte_mempool *pool_;
@@ -78,6 +89,7 @@ class Port {
   Clock::time_point next_try_{};
   Mac mac_;
   size_t mtu_ = 1500;
+  bool multi_seg_ = false;
   std::atomic<bool> started_{false};
   mutable std::atomic<bool> ever_up_{false};
   std::mutex tx_mu_;

@@ -10,7 +10,7 @@
 //
 // start(). Starts the EAL (once per process, dpdk_eal.hpp), creates the
 // context's mbuf pool and, with LF_DPDK_PORT, the af_packet port; publishes
-//     epoch=<hex>;host=<boot id>:<netns inode>[;mac=<af_packet port's mac>]
+//     epoch=<hex>;host=<boot id>:<netns inode>[;mac=<af_packet port's mac>;mtu=<its mtu>]
 // The epoch, drawn per context, tells this context's frames and memif
 // socket from those of an earlier one.
 //
@@ -21,12 +21,17 @@
 // id = its rank, and the memif secret is derived from the job key. connect()
 // never waits for the peer; frames of a channel the peer opened first wait
 // for it (dpdk_net.hpp).
+#include <net/if.h>
 #include <rte_errno.h>
 #include <rte_mbuf.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 
@@ -35,6 +40,7 @@
 #include "transport/dpdk/dpdk_eal.hpp"
 #include "transport/dpdk/dpdk_endpoint.hpp"
 #include "transport/dpdk/dpdk_net.hpp"
+#include "transport/dpdk/dpdk_ports.hpp"
 #include "transport/filter.hpp"
 #include "transport/transport.hpp"
 
@@ -61,6 +67,18 @@ std::string mac_text(const dpdk::Mac &m) {
   return buf;
 }
 
+/// The kernel's MTU of interface `name`, or 0.
+size_t interface_mtu(const std::string &name) {
+  ifreq r{};
+  if (name.size() >= sizeof r.ifr_name) return 0;
+  std::memcpy(r.ifr_name, name.c_str(), name.size());
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  const int rc = ::ioctl(fd, SIOCGIFMTU, &r);
+  ::close(fd);
+  return rc == 0 && r.ifr_mtu > 0 ? static_cast<size_t>(r.ifr_mtu) : 0;
+}
+
 /// Why dpdk does not start without being asked, or "" when it was asked.
 std::string not_configured() {
   const TransportFilter filter = TransportFilter::from_environment();
@@ -69,6 +87,13 @@ std::string not_configured() {
   return "not configured: dpdk starts only when LF_TRANSPORTS names it (memif between the processes of a host) "
          "or LF_DPDK_PORT names an interface (af_packet between hosts)";
 }
+
+/// Largest Ethernet frame af_packet's default ring frames take: 2048 bytes
+/// less the tpacket header and alignment a received frame starts after.
+constexpr size_t kPlainFrame = 1980;
+/// Largest MTU used: jumbo frames need no more, and a receive mbuf holds a
+/// whole frame (its data room is 16 bits).
+constexpr size_t kMaxMtu = 16000;
 
 /// memif servers created at start for the ranks just above this one
 /// (DPDK has at most RTE_MAX_ETHPORTS ports per process).
@@ -100,6 +125,12 @@ class DpdkTransport final : public Transport {
     // the context report why it cannot.
     if (auto st = dpdk::ensure_eal(); !st) return st.error().message;
     return std::nullopt;
+  }
+
+  std::vector<std::string> details() const override {
+    std::vector<std::string> out;
+    for (std::string &port : dpdk::describe_ports()) out.push_back("port: " + std::move(port));
+    return out;
   }
 
   Result<std::string> start(World &world) override {
@@ -134,13 +165,40 @@ class DpdkTransport final : public Transport {
     me.epoch = epoch;
     me.host = host_identity();
     if (const std::string iface = config::get_string("LF_DPDK_PORT"); !iface.empty()) {
-      auto p = Port::open(Port::Kind::af_packet, "net_af_packet_lf" + std::to_string(instance_id()),
-                          "iface=" + iface + ",qpairs=1,qdisc_bypass=0", pool, faults_);
+      size_t mtu = std::min<size_t>(interface_mtu(iface), kMaxMtu);
+      if (mtu <= dpdk::kHeaderSize) mtu = 1500;
+      std::string args = "iface=" + iface + ",qpairs=1,qdisc_bypass=0";
+      rte_mempool *rx_pool = pool;
+      if (mtu + dpdk::kEthHeaderSize > kPlainFrame) {
+        // Jumbo frames: af_packet's ring frames (2048 bytes by default) and
+        // the mbufs it receives into (one per frame) must hold a whole frame
+        // and its tpacket header. Sends are chains of ordinary mbufs.
+        // One frame per block, the block a whole number of pages: the PMD
+        // finds frame i at i * framesz, which is where the kernel puts it
+        // only when blocks hold no gaps.
+        const size_t frame = (mtu + dpdk::kEthHeaderSize + 128 + 4095) / 4096 * 4096;
+        args += ",framesz=" + std::to_string(frame) + ",blocksz=" + std::to_string(frame) + ",framecnt=512";
+        char name[RTE_MEMPOOL_NAMESIZE];
+        std::snprintf(name, sizeof name, "lf_pool_j%" PRIu64, instance_id());
+        const unsigned n = std::max(1023u, mbufs / 8);
+        net->rx_pool =
+            rte_pktmbuf_pool_create(name, n, 0, 0, static_cast<uint16_t>(frame + RTE_PKTMBUF_HEADROOM), SOCKET_ID_ANY);
+        if (!net->rx_pool)
+          return LF_FAIL(LF_ERR_UNAVAILABLE,
+                         "dpdk: cannot create a pool of %u mbufs of %zu bytes for %s's %zu-byte MTU: %s (raise -m in "
+                         "LF_DPDK_EAL)",
+                         n, frame, iface.c_str(), mtu, rte_strerror(rte_errno));
+        rx_pool = net->rx_pool;
+      }
+      auto p =
+          Port::open(Port::Kind::af_packet, "net_af_packet_lf" + std::to_string(instance_id()), args, rx_pool, faults_);
       if (!p)
         return LF_FAIL(LF_ERR_UNAVAILABLE, "%s (LF_DPDK_PORT=%s; af_packet needs CAP_NET_RAW)",
                        p.error().message.c_str(), iface.c_str());
+      (*p)->set_mtu(mtu);
       me.has_mac = true;
       me.mac = (*p)->mac();
+      me.mtu = static_cast<uint32_t>((*p)->mtu());
       LF_LOG(info, "dpdk: rank %d on %s (af_packet, mac %s, mtu %zu)", world.rank(), iface.c_str(),
              mac_text(me.mac).c_str(), (*p)->mtu());
       net->af_packet = std::move(*p);
@@ -214,8 +272,9 @@ class DpdkTransport final : public Transport {
       }
       channel = net_->next_channel[peer]++;
     }
-    auto flow = std::make_shared<dpdk::Flow>(*port, net_->pool, net_->cfg, net_->rank, net_->epoch, peer,
-                                             net_->peers[peer].epoch, peer_mac, channel);
+    auto flow =
+        std::make_shared<dpdk::Flow>(*port, net_->pool, net_->cfg, net_->rank, net_->epoch, peer,
+                                     net_->peers[peer].epoch, peer_mac, channel, local ? 0 : net_->peers[peer].mtu);
     net_->attach(flow);
     LF_LOG(debug, "dpdk: channel %u to rank %d over %s", channel, peer, port->name().c_str());
     return dpdk::make_endpoint(net_, std::move(flow),
