@@ -65,6 +65,7 @@ void transports() {
     auto why = t->unavailable_reason();
     std::printf("  %-11s scopes: %-18s zero-copy: %-3s %s%s\n", t->name(), scopes.c_str(), c.zero_copy ? "yes" : "no",
                 why ? "unavailable: " : "available", why ? why->c_str() : "");
+    for (const std::string &line : t->details()) std::printf("              %s\n", line.c_str());
   }
 }
 

@@ -67,6 +67,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/net.hpp"
 #include "core/status.hpp"
@@ -266,6 +267,9 @@ class Transport {
   /// Why the transport cannot run in this process at all (no MPI launcher,
   /// no Vulkan device, no CUDA driver...), or nullopt. Shown by lf-info.
   virtual std::optional<std::string> unavailable_reason() const { return std::nullopt; }
+  /// What the transport found here and would use, one "what: detail" line
+  /// each (UCX's lanes, DPDK's ports), printed by lf-info under its row.
+  virtual std::vector<std::string> details() const { return {}; }
   /// Per-context setup before the address exchange (listening sockets...).
   /// Returns the address peers need to reach this rank ("" if none).
   virtual Result<std::string> start(World &world) = 0;

@@ -146,6 +146,14 @@ class UcxTransport final : public Transport {
     return std::nullopt;
   }
 
+  std::vector<std::string> details() const override {
+    if (!TransportFilter::from_environment().permits("ucx")) return {};
+    auto l = probe_lanes();
+    if (!l) return {};
+    return {"lanes: " + l->text(),
+            std::string("rdma: ") + (l->rdma() ? "yes" : "no") + ", device memory: " + (l->device() ? "yes" : "no")};
+  }
+
   Result<std::string> start(World &world) override {
     const TransportFilter filter = TransportFilter::from_environment();
     if (!filter.permits("ucx"))
