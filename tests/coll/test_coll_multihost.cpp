@@ -7,45 +7,15 @@
 // Needs root and iproute2; skipped with the reason otherwise.
 #include <gtest/gtest.h>
 
-#include "multiprocess.hpp"
+#include "netns_hosts.hpp"
 
 using namespace lftest;
 
 namespace {
 
-const std::string kScript = LF_SOURCE_DIR "/scripts/netns-hosts.sh";
-
-class CollMultiHost : public ::testing::Test {
+class CollMultiHost : public NamespaceHosts {
  protected:
-  static void SetUpTestSuite() {
-    skip_reason().clear();
-    if (!is_root()) {
-      skip_reason() = "needs root for network/UTS/IPC namespaces";
-      return;
-    }
-    if (!sh_ok("ip netns list") || !sh_ok("which nsenter unshare")) {
-      skip_reason() = "iproute2 'ip netns' or util-linux nsenter/unshare unavailable";
-      return;
-    }
-    prefix() = "lfc" + std::to_string(getpid() % 100000);
-    if (!sh_ok(kScript + " up -p " + prefix() + " -n 2") || !sh_ok("ip netns list | grep -q '^" + prefix() + "-h2'"))
-      skip_reason() = "could not create namespace hosts (no CAP_NET_ADMIN?)";
-  }
-  static void TearDownTestSuite() {
-    if (!prefix().empty()) sh_ok(kScript + " down -p " + prefix());
-  }
-  static std::string &prefix() {
-    static std::string p;
-    return p;
-  }
-  static std::string &skip_reason() {
-    static std::string r;
-    return r;
-  }
-  void SetUp() override {
-    if (!skip_reason().empty()) GTEST_SKIP() << skip_reason();
-  }
-  void TearDown() override { procs.kill_all(); }
+  static void SetUpTestSuite() { make_hosts("lfc"); }
 
   // Ranks 0 and 1 on host 1, 2 and 3 on host 2.
   // `uses`: what the allreduce's choice, logged at info, must name.
@@ -53,7 +23,7 @@ class CollMultiHost : public ::testing::Test {
     for (int r = 0; r < 4; ++r) {
       Env env = rank_env(r, 4, "tcp://10.77.0.1:4751", {{"LF_LOG_LEVEL", "info"}});
       if (!algo.empty()) env["LF_COLL_ALGO"] = algo;
-      procs.spawn({kScript, "exec", "-p", prefix(), std::to_string(r < 2 ? 1 : 2), LF_COLL_WORKER}, env);
+      procs.spawn(on_host(r < 2 ? 1 : 2, {LF_COLL_WORKER}), env);
     }
     ASSERT_TRUE(procs.wait_all(240)) << procs.dump();
     for (int r = 0; r < 4; ++r) {
@@ -69,8 +39,6 @@ class CollMultiHost : public ::testing::Test {
       }
     }
   }
-
-  Procs procs;
 };
 
 TEST_F(CollMultiHost, HierarchicalTwoRanksPerHost) { run_world("hier", "hierarchical"); }

@@ -13,70 +13,35 @@
 #include <cstdio>
 #include <sstream>
 
-#include "multiprocess.hpp"
+#include "netns_hosts.hpp"
 
 using namespace lftest;
 
 namespace {
 
-const std::string kScript = LF_SOURCE_DIR "/scripts/netns-hosts.sh";
-
-std::string run_cmd(const std::string &cmd) {
-  std::string out;
-  FILE *f = popen(cmd.c_str(), "r");
-  if (!f) return out;
-  char buf[256];
-  while (size_t n = fread(buf, 1, sizeof buf, f)) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
-class DpdkNetem : public ::testing::Test {
+class DpdkNetem : public NamespaceHosts {
  protected:
   static void SetUpTestSuite() {
-    skip_reason().clear();
-    if (!is_root()) {
-      skip_reason() = "needs root (CAP_NET_ADMIN) for network namespaces and tc netem";
+    make_hosts("lfd");
+    if (!skip_reason().empty()) return;
+    if (!sh_ok("which tc")) {
+      skip_reason() = "iproute2's tc unavailable";
       return;
     }
-    if (!sh_ok("ip netns list") || !sh_ok("which nsenter unshare tc")) {
-      skip_reason() = "iproute2 (ip netns, tc) or util-linux nsenter/unshare unavailable";
-      return;
-    }
-    prefix() = "lfd" + std::to_string(getpid() % 100000);
-    std::string out = run_cmd(kScript + " up -p " + prefix() + " -n 2 2>&1");
-    if (!sh_ok("ip netns list | grep -q '^" + prefix() + "-h2'")) {
-      skip_reason() = "could not create namespace hosts (no CAP_NET_ADMIN?): " + out;
-      return;
-    }
-    if (sh_ok("ip netns exec " + prefix() + "-h1 tc qdisc add dev eth0 root netem delay 0ms"))
-      sh_ok("ip netns exec " + prefix() + "-h1 tc qdisc del dev eth0 root");
+    if (sh_on_host(1, "tc qdisc add dev eth0 root netem delay 0ms"))
+      sh_on_host(1, "tc qdisc del dev eth0 root");
     else
       no_netem() = "tc netem unavailable in this kernel (qdisc sch_netem): " +
-                   run_cmd("ip netns exec " + prefix() + "-h1 tc qdisc add dev eth0 root netem delay 0ms 2>&1");
+                   shell_output("ip netns exec " + prefix() + "-h1 tc qdisc add dev eth0 root netem delay 0ms 2>&1");
   }
   static std::string &no_netem() {
     static std::string r;
     return r;
   }
-  static void TearDownTestSuite() {
-    if (!prefix().empty()) sh_ok(kScript + " down -p " + prefix());
-  }
-  static std::string &prefix() {
-    static std::string p;
-    return p;
-  }
-  static std::string &skip_reason() {
-    static std::string r;
-    return r;
-  }
-  void SetUp() override {
-    if (!skip_reason().empty()) GTEST_SKIP() << skip_reason();
-  }
   void TearDown() override {
-    procs.kill_all();
+    NamespaceHosts::TearDown();
     for (int h : {1, 2}) {
-      sh_ok("ip netns exec " + prefix() + "-h" + std::to_string(h) + " tc qdisc del dev eth0 root");
+      sh_on_host(h, "tc qdisc del dev eth0 root");
       set_mtu(h, 1500);
     }
   }
@@ -90,17 +55,10 @@ class DpdkNetem : public ::testing::Test {
 
   /// Frames host h's eth0 received.
   static uint64_t rx_packets(int host) {
-    return std::strtoull(run_cmd("ip netns exec " + prefix() + "-h" + std::to_string(host) +
-                                 " cat /sys/class/net/eth0/statistics/rx_packets")
+    return std::strtoull(shell_output("ip netns exec " + prefix() + "-h" + std::to_string(host) +
+                                      " cat /sys/class/net/eth0/statistics/rx_packets")
                              .c_str(),
                          nullptr, 10);
-  }
-
-  static uint64_t rx_bytes(int host) {
-    std::istringstream in(run_cmd(kScript + " counters -p " + prefix() + " " + std::to_string(host)));
-    uint64_t rx = 0, tx = 0;
-    in >> rx >> tx;
-    return rx;
   }
 
   /// Two ranks, one per host; a second pair (`pair` 1) bootstraps on a
@@ -108,8 +66,7 @@ class DpdkNetem : public ::testing::Test {
   void start_pair(int count, Env extra = {}, int pair = 0, size_t size = 0) {
     const std::string boot = "tcp://10.77.0.1:" + std::to_string(4800 + 150 * pair + getpid() % 150);
     for (int rank = 0; rank < 2; ++rank) {
-      std::vector<std::string> argv = {
-          kScript, "exec", "-p", prefix(), std::to_string(rank + 1), LF_DPDK_RANK, "stream", std::to_string(count)};
+      std::vector<std::string> argv = on_host(rank + 1, {LF_DPDK_RANK, "stream", std::to_string(count)});
       if (size) argv.push_back(std::to_string(size));
       Env e = {{"LF_TRANSPORTS", "dpdk"}, {"LF_STRICT", "1"}, {"LF_DPDK_PORT", "eth0"}, {"LF_LOG_LEVEL", "error"}};
       for (auto &[k, v] : extra) e[k] = v;
@@ -127,8 +84,6 @@ class DpdkNetem : public ::testing::Test {
       EXPECT_EQ(procs[r].lines("ok ").size(), 1u) << procs.dump();
     }
   }
-
-  Procs procs;
 };
 
 TEST_F(DpdkNetem, StreamsCrossTheVeth) {
@@ -145,8 +100,7 @@ TEST_F(DpdkNetem, StreamsCrossTheVeth) {
 TEST_F(DpdkNetem, LossDuplicationAndReorderingAreRepaired) {
   if (!no_netem().empty()) GTEST_SKIP() << no_netem();
   for (int h : {1, 2})
-    ASSERT_TRUE(sh_ok("ip netns exec " + prefix() + "-h" + std::to_string(h) +
-                      " tc qdisc add dev eth0 root netem loss 1% duplicate 1% delay 1ms reorder 25% 50%"));
+    ASSERT_TRUE(sh_on_host(h, "tc qdisc add dev eth0 root netem loss 1% duplicate 1% delay 1ms reorder 25% 50%"));
   start_pair(2000);
   expect_ok();
 }

@@ -13,71 +13,20 @@
 #include <cstdio>
 #include <sstream>
 
-#include "multiprocess.hpp"
+#include "netns_hosts.hpp"
 
 using namespace lftest;
 
 namespace {
 
-const std::string kScript = LF_SOURCE_DIR "/scripts/netns-hosts.sh";
-
-std::string run(const std::string &cmd) {
-  std::string out;
-  FILE *f = popen(cmd.c_str(), "r");
-  if (!f) return out;
-  char buf[256];
-  while (size_t n = fread(buf, 1, sizeof buf, f)) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
-class MultiHost : public ::testing::Test {
+class MultiHost : public NamespaceHosts {
  protected:
-  static void SetUpTestSuite() {
-    skip_reason().clear();
-    if (!is_root()) {
-      skip_reason() = "needs root for network/UTS/IPC namespaces";
-      return;
-    }
-    if (!sh_ok("ip netns list") || !sh_ok("which nsenter unshare")) {
-      skip_reason() = "iproute2 'ip netns' or util-linux nsenter/unshare unavailable";
-      return;
-    }
-    prefix() = "lfm" + std::to_string(getpid() % 100000);
-    std::string out = run(kScript + " up -p " + prefix() + " -n 2 2>&1");
-    if (!sh_ok("ip netns list | grep -q '^" + prefix() + "-h2'"))
-      skip_reason() = "could not create namespace hosts (no CAP_NET_ADMIN?): " + out;
-  }
-  static void TearDownTestSuite() {
-    if (!prefix().empty()) sh_ok(kScript + " down -p " + prefix());
-  }
-  static std::string &prefix() {
-    static std::string p;
-    return p;
-  }
-  static std::string &skip_reason() {
-    static std::string r;
-    return r;
-  }
-
-  void SetUp() override {
-    if (!skip_reason().empty()) GTEST_SKIP() << skip_reason();
-  }
-  void TearDown() override { procs.kill_all(); }
+  static void SetUpTestSuite() { make_hosts("lfm"); }
 
   /// Start rank `rank` of `size` on host `host` (1 or 2).
   void start(int rank, int size, int host, std::vector<std::string> args, Env extra = {}) {
-    std::vector<std::string> argv = {kScript, "exec", "-p", prefix(), std::to_string(host), LF_RANK_WORKER};
-    argv.insert(argv.end(), args.begin(), args.end());
-    procs.spawn(argv, rank_env(rank, size, "tcp://10.77.0.1:4750", std::move(extra)));
-  }
-
-  /// eth0 receive counter of a host.
-  static uint64_t rx_bytes(int host) {
-    std::istringstream in(run(kScript + " counters -p " + prefix() + " " + std::to_string(host)));
-    uint64_t rx = 0, tx = 0;
-    in >> rx >> tx;
-    return rx;
+    args.insert(args.begin(), LF_RANK_WORKER);
+    procs.spawn(on_host(host, std::move(args)), rank_env(rank, size, "tcp://10.77.0.1:4750", std::move(extra)));
   }
 
   /// Field `k` (0-based) of the one line of child `i` starting with `prefix`.
@@ -109,8 +58,6 @@ class MultiHost : public ::testing::Test {
       }
     }
   }
-
-  Procs procs;
 };
 
 TEST_F(MultiHost, TwoRanksOnTwoHostsUseTcpOverTheWire) {
@@ -189,9 +136,9 @@ TEST_F(MultiHost, MpirunAcrossHostsUsesMpiAcrossAndShmWithin) {
   // ssh stand-in; 2 ranks per host.
   uint64_t rx2 = rx_bytes(2);
   std::string h1 = prefix() + "-host1:2", h2 = prefix() + "-host2:2";
-  procs.spawn({kScript, "exec", "-p", prefix(), "1", LF_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "--mca",
-               "plm_rsh_agent", kScript + " rsh", "--host", h1 + "," + h2, "-np", "4", LF_RANK_WORKER, "stream", "22",
-               "mpi"});
+  procs.spawn(
+      on_host(1, {LF_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "--mca", "plm_rsh_agent", script() + " rsh",
+                  "--host", h1 + "," + h2, "-np", "4", LF_RANK_WORKER, "stream", "22", "mpi"}));
   ASSERT_TRUE(procs.wait_all(240)) << procs.dump();
   ASSERT_EQ(procs[0].exit_code(), 0) << procs.dump();
   const Proc &out = procs[0];  // every rank's lines, through mpirun
