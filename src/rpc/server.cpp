@@ -1,6 +1,9 @@
 #include "rpc/server.hpp"
 
+#include <poll.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -14,7 +17,16 @@ using capi::fail;
 
 namespace {
 thread_local Call *t_running = nullptr;  // the call whose handler this thread runs
+// How long a call runs before an idle thread takes the lead from the thread
+// running it. Longer than most calls' handlers, and the period at which the
+// standby wakes while short calls keep the leader busy; short against the
+// cancel latency the services promise.
+constexpr int64_t kTakeOverNs = 200'000;
+
+int64_t now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
+}  // namespace
 
 Call *Server::current(lf_rpc_call_t c) noexcept {
   // Compared, never dereferenced: a stale or made-up handle is just unequal.
@@ -30,6 +42,8 @@ bool Call::cancelled_now() const noexcept {
 Server::Server(int threads, size_t max_held) {
   const int64_t q = config::get_int("LF_RPC_QUEUE_MAX");
   max_held_ = max_held ? max_held : q > 0 ? static_cast<size_t>(q) : 1;
+  // Without a timer every call wakes an idle thread to lead, as before.
+  timer_ = Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
   // One more thread than may run handlers: there is always one to lead.
   try {
     for (int i = 0; i <= threads; ++i) threads_.emplace_back([this] { thread_loop(); });
@@ -73,6 +87,7 @@ void Server::stop() noexcept {
     stopped_ = true;
   }
   work_cv_.notify_all();
+  set_timer(1);  // the standby
   for (auto &t : threads_) t.join();
   threads_.clear();
   std::lock_guard g(mu_);
@@ -98,19 +113,72 @@ void Server::thread_loop() noexcept {
       Call *c = lead();
       l.lock();
       has_leader_ = false;
-      work_cv_.notify_one();  // a follower leads while this thread runs the call
+      // The standby leads if the call runs long; without one, a follower
+      // leads at once while this thread runs the call.
+      const bool timed = c && standby_;
+      if (!timed) work_cv_.notify_one();
       if (c) {
         l.unlock();
+        int64_t since = 0;
+        if (timed) {
+          // The timer stays armed across calls (the standby re-arms it for
+          // the running call when it fires), so a stream of short calls
+          // costs no system call each.
+          since = now_ns();
+          timed_since_.store(since);
+          if (!armed_.exchange(true)) set_timer(kTakeOverNs);
+        }
         run(*c);
+        if (timed) timed_since_.compare_exchange_strong(since, 0);  // unless the standby took over
         finish(c);
         l.lock();
       }
       continue;
     }
     ++idle_;
-    work_cv_.wait(l);
+    if (!standby_ && timer_) {
+      standby_ = true;
+      l.unlock();
+      if (wait_timer()) on_timer();
+      l.lock();
+      standby_ = false;
+    } else {
+      work_cv_.wait(l);
+    }
     --idle_;
   }
+}
+
+void Server::set_timer(int64_t ns) noexcept {
+  if (!timer_) return;
+  itimerspec t{};
+  t.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  t.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  (void)::timerfd_settime(timer_.get(), 0, &t, nullptr);
+}
+
+bool Server::wait_timer() noexcept {
+  pollfd p{timer_.get(), POLLIN, 0};
+  if (::poll(&p, 1, 100) <= 0) return false;
+  uint64_t expirations;
+  return ::read(timer_.get(), &expirations, sizeof expirations) == sizeof expirations;
+}
+
+void Server::on_timer() noexcept {
+  // armed_ falls before timed_since_ is read, and the leader stores
+  // timed_since_ before it tests armed_: one of the two always arms for a
+  // call that starts now.
+  armed_.store(false);
+  int64_t since = timed_since_.load();
+  if (!since) return;  // no call under the timer: it stays disarmed
+  const int64_t left = since + kTakeOverNs - now_ns();
+  if (left > 0) {
+    if (!armed_.exchange(true)) set_timer(left);
+    return;
+  }
+  // The call ran long: this thread leads (thread_loop) while it runs, and
+  // the call is no longer the timer's.
+  timed_since_.compare_exchange_strong(since, 0);
 }
 
 Call *Server::lead() noexcept {

@@ -5,11 +5,14 @@
 // named call's token at once, so a cancel reaches a running handler however
 // busy the others are; calls that cannot run (unknown method, past
 // LF_RPC_QUEUE_MAX) are answered on the spot. When a request arrives and
-// another thread is idle, the leader hands leadership over and runs the
-// handler itself: no thread hand-off on the call's path. When none is idle
-// the call is queued for the next thread that finishes, and the leader keeps
-// receiving. A call's token is its cancel flag, its deadline (checked
-// against the clock when asked), its channel's health and the server's stop.
+// another thread is idle, the leader runs the handler itself (no thread
+// hand-off on the call's path) and leads again afterwards; only if the call
+// is still running after kTakeOverNs does the idle thread, woken by a
+// timer, lead meanwhile. The timer stays armed through a stream of calls,
+// so short calls cost neither a system call nor a context switch each, and
+// long ones do not keep cancels and other clients waiting. When no thread is idle the call is
+// queued for the next thread that finishes, and the leader keeps receiving. A call's token is its cancel flag, its
+// deadline (checked against the clock when asked), its channel's health and the server's stop.
 #pragma once
 
 #include <atomic>
@@ -24,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/net.hpp"
 #include "rpc/common.hpp"
 
 namespace lf::rpc {
@@ -87,6 +91,14 @@ class Server {
 
  private:
   void thread_loop() noexcept;
+  /// Arm timer_ to fire after `ns` (0: disarm).
+  void set_timer(int64_t ns) noexcept;
+  /// The standby's wait: true when timer_ fired (false after 100 ms, so
+  /// that a stop is seen whatever happened to the timer).
+  bool wait_timer() noexcept;
+  /// The timer fired: re-arm it for the call under it, or leave it to
+  /// thread_loop to take the lead from a call that ran long.
+  void on_timer() noexcept;
   /// Receive as the leader until a call should run on this thread (nullptr: stopping).
   Call *lead() noexcept;
   /// Admit a received message: a call to run, or nullptr when it was a
@@ -117,6 +129,12 @@ class Server {
   std::atomic<uint64_t> served_gen_{0};  ///< bumped when served_ changes: the leader re-reads it
   bool stopped_ = false;                 ///< workers drain the queue and exit
   std::atomic<bool> stopping_{false};
+  /// The take-over timer: armed while the leader runs a call, it wakes the
+  /// standby (the one idle thread that waits on it rather than on work_cv_).
+  Fd timer_;
+  bool standby_ = false;                 ///< mu_: a thread waits on timer_
+  std::atomic<bool> armed_{false};       ///< timer_ will fire
+  std::atomic<int64_t> timed_since_{0};  ///< start of the call under the timer (ns), 0: none
   std::vector<std::thread> threads_;
 };
 
