@@ -17,16 +17,18 @@ namespace lf {
 
 namespace {
 
-struct Held {
-  BufferPtr buf;
+/// The blocks held for one process: one pidfd however many there are, so
+/// that a peer holding many views costs one descriptor and one poll a sweep.
+struct Peer {
   pid_t pid = 0;
   int pidfd = -1;  ///< readable once the process has exited; -1: use kill(pid, 0)
+  std::vector<BufferPtr> blocks;
 };
 
 struct Registry {
   std::mutex mu;
-  std::vector<Held> held;
-  std::atomic<size_t> count{0};
+  std::vector<Peer> peers;
+  std::atomic<size_t> count{0};  ///< blocks held
 };
 
 // Never destroyed: the blocks must not go back to their pools when this
@@ -36,35 +38,40 @@ Registry &registry() {
   return *r;
 }
 
-bool exited(const Held &h) noexcept {
-  if (h.pidfd >= 0) {
-    pollfd p{h.pidfd, POLLIN, 0};
-    return ::poll(&p, 1, 0) == 1;
+bool exited(const Peer &p) noexcept {
+  if (p.pidfd >= 0) {
+    pollfd q{p.pidfd, POLLIN, 0};
+    return ::poll(&q, 1, 0) == 1;
   }
-  return ::kill(h.pid, 0) != 0 && errno == ESRCH;
+  return ::kill(p.pid, 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace
 
 void hold_until_exit(BufferPtr buf, pid_t pid) noexcept {
   if (!buf || pid <= 0) return;
-  Held h;
-  h.pid = pid;
-  h.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (h.pidfd < 0 && errno == ESRCH) return;  // already gone: the block goes back now
   const size_t bytes = buf->size();
-  h.buf = std::move(buf);
   Registry &r = registry();
-  try {
+  {
     std::lock_guard g(r.mu);
-    r.held.push_back(std::move(h));
-    r.count.store(r.held.size(), std::memory_order_relaxed);
-  } catch (const std::bad_alloc &) {
-    // Without the record the block is never returned: a leak, not a hole
-    // under the peer's view.
-    (void)h.buf.release();
-    if (h.pidfd >= 0) ::close(h.pidfd);
-    return;
+    try {
+      Peer *peer = nullptr;
+      for (Peer &p : r.peers)
+        if (p.pid == pid && !exited(p)) peer = &p;
+      if (!peer) {
+        const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (fd < 0 && errno == ESRCH) return;  // already gone: the block goes back now
+        r.peers.push_back(Peer{pid, fd, {}});
+        peer = &r.peers.back();
+      }
+      peer->blocks.push_back(std::move(buf));
+      r.count.fetch_add(1, std::memory_order_relaxed);
+    } catch (const std::bad_alloc &) {
+      // Without the record the block is never returned: a leak, not a hole
+      // under the peer's view.
+      (void)buf.release();
+      return;
+    }
   }
   LF_LOG(debug, "holding a lent block of %zu bytes until process %d exits", bytes, static_cast<int>(pid));
   (void)sweep_held_blocks();
@@ -73,31 +80,30 @@ void hold_until_exit(BufferPtr buf, pid_t pid) noexcept {
 size_t sweep_held_blocks() noexcept {
   Registry &r = registry();
   if (r.count.load(std::memory_order_relaxed) == 0) return 0;
-  std::vector<Held> done;
-  size_t left;
+  std::vector<Peer> done;
+  size_t left = 0;
   {
     std::lock_guard g(r.mu);
-    for (size_t i = 0; i < r.held.size();) {
-      if (exited(r.held[i])) {
+    for (size_t i = 0; i < r.peers.size();) {
+      if (exited(r.peers[i])) {
         try {
-          done.push_back(std::move(r.held[i]));
+          done.push_back(std::move(r.peers[i]));
         } catch (const std::bad_alloc &) {
-          ++i;  // kept for the next sweep
+          left += r.peers[i++].blocks.size();  // kept for the next sweep
           continue;
         }
-        r.held[i] = std::move(r.held.back());
-        r.held.pop_back();
+        r.peers[i] = std::move(r.peers.back());
+        r.peers.pop_back();
       } else {
-        ++i;
+        left += r.peers[i++].blocks.size();
       }
     }
-    left = r.held.size();
     r.count.store(left, std::memory_order_relaxed);
   }
   // Outside the lock: a block's return takes its pool's and arena's locks.
-  for (Held &h : done) {
-    if (h.pidfd >= 0) ::close(h.pidfd);
-    h.buf.reset();
+  for (Peer &p : done) {
+    if (p.pidfd >= 0) ::close(p.pidfd);
+    p.blocks.clear();
   }
   return left;
 }

@@ -4,6 +4,13 @@
 // lives on in the peer. Returning the block to its pool then would let the
 // pool punch its pages or hand them out again under the peer's view, so the
 // block is held here until the peer process exits.
+//
+// Not covered: a view the peer lent on to a third process (the hold ends
+// when the peer exits, though the third may still map the block), and a
+// peer whose pid this process cannot see (another pid namespace: pid 0,
+// and the block goes back at once, as before). A peer that died long
+// before its channel noticed could have its pid reused meanwhile; the
+// block is then held until that process exits.
 #pragma once
 
 #include <sys/types.h>
