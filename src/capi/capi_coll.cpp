@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "capi/capi_internal.hpp"
@@ -39,7 +40,11 @@ ObjectTable<Group, HandleType::group> &groups() {
 }
 
 struct EngineSlot {
-  std::mutex mu;  // serialises creating engines (the world's and groups'): their channels open in call order
+  // Serialises creating engines (the world's and groups'): their channels
+  // open in call order. Held for as long as a creation waits for its peers,
+  // so collectives on engines that exist never take it.
+  std::mutex create_mu;
+  std::mutex mu;  // guards what follows; held briefly
   std::shared_ptr<coll::Engine> engine;
   std::optional<Error> error;                // creation failed: every later call says so
   std::vector<std::weak_ptr<Group>> groups;  // mu: the context's groups, shut down with it
@@ -105,18 +110,24 @@ std::shared_ptr<EngineSlot> slot_of(lf_context_t h) {
 
 Result<std::shared_ptr<coll::Engine>> world_engine(lf_context_t h, Context &ctx) {
   std::shared_ptr<EngineSlot> slot = slot_of(h);
+  auto existing = [&]() -> std::optional<Result<std::shared_ptr<coll::Engine>>> {
+    std::lock_guard g(slot->mu);
+    if (slot->error) return std::unexpected(*slot->error);
+    if (slot->engine) return slot->engine;
+    return std::nullopt;
+  };
+  if (auto e = existing()) return *e;
+  std::lock_guard c(slot->create_mu);
+  if (auto e = existing()) return *e;  // another thread created it meanwhile
+  std::vector<int> all(static_cast<size_t>(ctx.size()));
+  std::iota(all.begin(), all.end(), 0);
+  auto e = coll::Engine::create(ctx, std::move(all), false);
   std::lock_guard g(slot->mu);
-  if (slot->error) return std::unexpected(*slot->error);
-  if (!slot->engine) {
-    std::vector<int> all(static_cast<size_t>(ctx.size()));
-    std::iota(all.begin(), all.end(), 0);
-    auto e = coll::Engine::create(ctx, std::move(all), false);
-    if (!e) {
-      slot->error = e.error();
-      return std::unexpected(e.error());
-    }
-    slot->engine = std::move(*e);
+  if (!e) {
+    slot->error = e.error();
+    return std::unexpected(e.error());
   }
+  slot->engine = std::move(*e);
   return slot->engine;
 }
 
@@ -250,10 +261,11 @@ LF_API lf_status_t lf_group_create(lf_context_t h, const int *ranks, int n, lf_g
     std::shared_ptr<EngineSlot> slot;
     if (grp->rank >= 0) {
       slot = slot_of(h);
-      std::lock_guard g(slot->mu);
+      std::lock_guard c(slot->create_mu);
       auto e = coll::Engine::create(*ctx, grp->members, true);
       if (!e) return fail(e.error());
       grp->engine = std::move(*e);
+      std::lock_guard g(slot->mu);
       slot->groups.erase(std::remove_if(slot->groups.begin(), slot->groups.end(),
                                         [](const std::weak_ptr<Group> &w) { return w.expired(); }),
                          slot->groups.end());
