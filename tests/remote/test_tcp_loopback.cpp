@@ -249,9 +249,9 @@ TEST(TcpRanks, AnIdleProgressThreadSleeps) {
     getrusage(RUSAGE_SELF, &b);
     auto secs = [](const timeval &t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
     const double cpu = secs(b.ru_utime) - secs(a.ru_utime) + secs(b.ru_stime) - secs(a.ru_stime);
-    if (cpu >= 0.1 * wall)
+    if (cpu >= 0.3 * wall)
       std::fprintf(stderr, "the idle rank used %.0f ms of CPU in %.0f ms\n", cpu * 1e3, wall * 1e3);
-    CHILD_CHECK(wall > 0.25 && cpu < 0.1 * wall);
+    CHILD_CHECK(wall > 0.25 && cpu < 0.3 * wall);
     CHILD_CHECK(lf_progress_thread(ctx, 0) == LF_OK);
     CHILD_CHECK(lf_channel_close(ch) == LF_OK);
     CHILD_CHECK(lf_finalize(ctx) == LF_OK);
