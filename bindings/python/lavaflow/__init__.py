@@ -28,6 +28,7 @@ from ._lavaflow import (  # noqa: F401
     Error,
     ExecClient,
     ExecServer,
+    Group,
     Ingest,
     Job,
     Listener,
@@ -50,8 +51,9 @@ from ._lavaflow import init as _init
 
 __all__ = [
     "ANY_TAG", "MEMORY_KINDS", "Buffer", "Cancelled", "Channel", "Closed", "Context", "Error", "ExecClient",
-    "ExecServer", "Ingest", "Job", "Listener", "PeerGone", "Plan", "Request", "RpcCall", "RpcClient", "RpcRequest",
-    "RpcServer", "Timeout", "Truncated", "Unavailable", "ingest", "init", "listen", "status_string", "version",
+    "ExecServer", "Group", "Ingest", "Job", "Listener", "PeerGone", "Plan", "Request", "RpcCall", "RpcClient",
+    "RpcRequest", "RpcServer", "Timeout", "Truncated", "Unavailable", "ingest", "init", "listen", "status_string",
+    "version",
 ]
 __version__ = version()
 

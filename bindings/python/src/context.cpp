@@ -70,23 +70,6 @@ void wait_owned(const std::shared_ptr<ChannelState> &owner, lf_request_t req, Pi
   if (st != LF_OK) raise_status(st, call);
 }
 
-void Context::barrier(const py::object &timeout) {
-  // The collective barrier (lf_ibarrier) rather than the bootstrap's
-  // lf_barrier: it can be waited in slices, so Ctrl-C gets through. An
-  // interrupted barrier still completes in the background: this rank has
-  // entered it.
-  lf_context_t c = handle("Context.barrier");
-  lf_request_t req = nullptr;
-  lf_status_t st;
-  {
-    py::gil_scoped_release nogil;
-    std::lock_guard g(coll_mu_);
-    st = lf_ibarrier(c, &req);
-  }
-  check(st, "Context.barrier");
-  wait_owned(coll_state_, req, Pinned(), Pinned(), timeout, "Context.barrier");
-}
-
 std::unique_ptr<Channel> Context::adopt_channel(py::object self, lf_channel_t ch) {
   auto channel = std::make_unique<Channel>(ch, std::move(self), ctx_);
   channels_.erase(std::remove_if(channels_.begin(), channels_.end(), [](auto &w) { return w.expired(); }),

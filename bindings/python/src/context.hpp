@@ -71,10 +71,45 @@ class Context {
   std::mutex coll_mu_;
 };
 
+// lavaflow.Group: an lf_group_t of a context, whose collectives run over
+// its members only. Holds the Python Context, so the context outlives it.
+class Group {
+ public:
+  Group(py::object ctx, lf_group_t g, std::vector<int> ranks);
+  ~Group();
+  Group(const Group &) = delete;
+  Group &operator=(const Group &) = delete;
+
+  // The live handle; raises Closed once freed or after the context's
+  // finalize, RuntimeError in a forked child.
+  lf_group_t handle(const char *call) const;
+  Context &context() const { return ctx_.cast<Context &>(); }
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  const std::vector<int> &ranks() const noexcept { return ranks_; }
+  bool live() const noexcept { return g_ != nullptr; }
+  void free();
+
+  // One thread at a time in this group's collectives; other groups' and the
+  // world's may run meanwhile (lavaflow_coll.h).
+  std::mutex &coll_mutex() noexcept { return mu_; }
+  const std::shared_ptr<ChannelState> &coll_state() const noexcept { return state_; }
+
+ private:
+  py::object ctx_;
+  lf_group_t g_;
+  std::vector<int> ranks_;
+  int rank_ = -1, size_ = 0;
+  unsigned fork_gen_;
+  bool free_barrier_posted_ = false;
+  std::shared_ptr<ChannelState> state_;
+  std::mutex mu_;
+};
+
 // Bindings of the other files, each adding its classes and Context methods.
 void bind_dial(py::module_ &m, py::class_<Context> &ctx);
 void bind_rpc(py::module_ &m);
-void bind_coll(py::class_<Context> &ctx);
+void bind_coll(py::module_ &m, py::class_<Context> &ctx);
 void bind_ingest(py::module_ &m, py::class_<Context> &ctx);
 void bind_exec(py::module_ &m, py::class_<Context> &ctx);
 

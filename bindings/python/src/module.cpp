@@ -198,7 +198,7 @@ PYBIND11_MODULE(_lavaflow, m) {
 
   bind_dial(m, context);
   bind_rpc(m);
-  bind_coll(context);
+  bind_coll(m, context);
   bind_ingest(m, context);
   bind_exec(m, context);
 
