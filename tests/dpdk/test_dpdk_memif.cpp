@@ -6,6 +6,7 @@
 //    a pool of 1023 mbufs, where flow control, not the wire, sets the pace,
 //    and through 1% loss, 1% duplication and 2% reordering (LF_DPDK_FAULTS);
 //  - a rank in lf_barrier still acknowledges what its peer sends;
+//  - a receiver learns of a close whose FIN was lost;
 //  - three ranks, every pair over its own memif port;
 //  - selection: dpdk only when asked for, never silently.
 #include <lavaflow/lavaflow.h>
@@ -193,6 +194,34 @@ TEST_F(DpdkMemif, ARankInTheBarrierStillAcknowledges) {
     }
     REQUIRE_OK(r, lf_barrier(ctx));
     REQUIRE_OK(r, lf_channel_close(ch));
+    REQUIRE_OK(r, lf_finalize(ctx));
+  });
+}
+
+// A FIN is sent once. When it is lost, a rank that only receives learns of
+// the close from the FIN the closed side answers its idle probe with (one
+// after a second of silence): its receive fails with LF_ERR_PEER_GONE well
+// before its own 30 s limit. Rank 0 loses its first FIN (LF_DPDK_FAULTS=fin=1)
+// and stays in lf_barrier meanwhile, which keeps its port answering.
+TEST_F(DpdkMemif, AReceiverLearnsOfACloseWhoseFinWasLost) {
+  env_rank[0] = {{"LF_DPDK_FAULTS", "fin=1"}};
+  run(2, [](Rank &r) {
+    lf_context_t ctx;
+    REQUIRE_OK(r, lf_init(&ctx));
+    lf_channel_t ch = open_dpdk(r, ctx, 1 - r.rank);
+    char x = 'r';
+    if (r.rank == 0) {
+      REQUIRE_OK(r, lf_recv(ch, &x, 1, 2, nullptr));  // rank 1's receive is posted
+      REQUIRE_OK(r, lf_channel_close(ch));
+    } else {
+      lf_request_t q;
+      REQUIRE_OK(r, lf_irecv(ch, &x, 1, 1, &q));
+      REQUIRE_OK(r, lf_send(ch, &x, 1, 2));
+      lf_status_t st = lf_wait_timeout(q, 30000, nullptr);
+      REQUIRE(r, st == LF_ERR_PEER_GONE, "the receive ended with %s (%s)", lf_status_string(st), lf_last_error());
+      REQUIRE_OK(r, lf_channel_close(ch));
+    }
+    REQUIRE_OK(r, lf_barrier(ctx));
     REQUIRE_OK(r, lf_finalize(ctx));
   });
 }

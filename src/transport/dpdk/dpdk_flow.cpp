@@ -11,6 +11,7 @@ namespace lf::dpdk {
 
 namespace {
 constexpr int kBurst = 32;
+constexpr int64_t kIdleProbeNs = 1000000000;  // silence after which a flow asks the peer
 
 int64_t now_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -299,6 +300,13 @@ void Flow::pump(int64_t now) noexcept {
     transmit(now);
     // The peer's window is shut: probe it until it opens (its update may be lost).
     if (unacked_.empty() && !queued_.empty() && now - last_probe_ns_ >= rto_ns_) {
+      last_probe_ns_ = now;
+      if (send_control(FrameType::ack, kAckReq)) ack_due_ = false;
+    }
+    // Nothing heard for a while: ask. A live peer answers with an ack, one
+    // that closed the channel with a FIN, so that a rank that only receives
+    // learns of a close whose own FIN was lost (it is sent once).
+    if (now - std::max(heard_ns_, last_probe_ns_) >= kIdleProbeNs) {
       last_probe_ns_ = now;
       if (send_control(FrameType::ack, kAckReq)) ack_due_ = false;
     }

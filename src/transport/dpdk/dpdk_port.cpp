@@ -137,7 +137,10 @@ std::optional<Faults> Faults::parse(const std::string &text) {
     if (!e || *e || pct < 0 || pct > 100) return std::nullopt;
     const auto v = static_cast<uint32_t>(pct * 100 + 0.5);
     const std::string key = item.substr(0, eq);
-    if (key == "loss")
+    if (key == "fin") {
+      if (pct != static_cast<uint32_t>(pct)) return std::nullopt;
+      f.fins = static_cast<uint32_t>(pct);
+    } else if (key == "loss")
       f.loss = v;
     else if (key == "dup")
       f.dup = v;
@@ -154,6 +157,7 @@ Result<std::unique_ptr<Port>> Port::open(Kind kind, const std::string &vdev, con
                                          rte_mempool *pool, Faults faults) {
   std::unique_ptr<Port> p(new Port(kind, vdev, devargs, pool));
   p->faults_ = faults;
+  p->fins_left_ = faults.fins;
   if (kind == Kind::memif) MemifGate::get().add_port();
   Status st;
   on_interrupt_thread([&] { st = p->setup(); });
@@ -264,6 +268,12 @@ uint16_t Port::tx_faulty(rte_mbuf **pkts, uint16_t n) noexcept {
     rng_ ^= rng_ << 13, rng_ ^= rng_ >> 7, rng_ ^= rng_ << 17;
     const auto r = static_cast<uint32_t>(rng_ % 10000);
     rte_mbuf *m = pkts[i];
+    if (fins_left_ && rte_pktmbuf_data_len(m) >= kFrameOverhead &&
+        *rte_pktmbuf_mtod_offset(m, const uint8_t *, kEthHeaderSize + 3) == static_cast<uint8_t>(FrameType::fin)) {
+      --fins_left_;
+      rte_pktmbuf_free(m);
+      continue;
+    }
     if (r < faults_.loss) {
       rte_pktmbuf_free(m);
       continue;

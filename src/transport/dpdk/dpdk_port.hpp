@@ -29,8 +29,10 @@ namespace lf::dpdk {
 /// where tc netem is not at hand (and on memif, which netem cannot reach).
 struct Faults {
   uint32_t loss = 0, dup = 0, reorder = 0;
-  bool any() const noexcept { return loss || dup || reorder; }
-  /// "loss=1,dup=1,reorder=2" (percent, fractions allowed); nullopt when malformed.
+  uint32_t fins = 0;  ///< the first this many FIN frames the port sends are lost
+  bool any() const noexcept { return loss || dup || reorder || fins; }
+  /// "loss=1,dup=1,reorder=2" (percent, fractions allowed), and "fin=N" (a
+  /// count); nullopt when malformed.
   static std::optional<Faults> parse(const std::string &text);
 };
 
@@ -96,6 +98,7 @@ class Port {
   Faults faults_;
   uint64_t rng_ = 0x9e3779b97f4a7c15ull;  ///< xorshift state for faults (under tx_mu_)
   rte_mbuf *held_ = nullptr;              ///< a frame held back (under tx_mu_)
+  uint32_t fins_left_ = 0;                ///< FIN frames still to lose (under tx_mu_)
   uint16_t tx_faulty(rte_mbuf **pkts, uint16_t n) noexcept;
 };
 
